@@ -1,0 +1,359 @@
+"""Forward processes: overdamped (vp, vsdm) and momentum (cld, uld, vscld, vsuld), one interface.
+
+The state ``a`` is ``x`` for overdamped processes and ``cat(x, v, dim=1)`` for momentum ones; data is
+``(B, *data_shape)``. Per-dimension coefficients have ``data_shape`` and broadcast over the batch.
+The learned variational scores are one unconstrained ``rho`` per dimension (spec section 1.2):
+
+* momentum: omega = e^rho, kappa = (2 sqrt(R)/gamma) e^(rho/2), c = gamma kappa (critical-damping transform,
+  paper Eq. 14), alpha = (1 - omega)/(2 gamma) = A_x, nu = (1 - kappa)/2 = A_v;
+* overdamped: the drift rate d = 1 - 2 alpha = e^rho, i.e. alpha = (1 - e^rho)/2 = A.
+
+rho = 0 is A = 0 (CLD for R = 1, gamma = 2; ULD's drift for R < 1; the plain VP/VE-free OU for overdamped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from vsmd.diffusion import kernel
+
+PROCESSES = ("vp", "vsdm", "cld", "uld", "vscld", "vsuld")
+MOMENTUM = ("cld", "uld", "vscld", "vsuld")
+ADAPTIVE = ("vsdm", "vscld", "vsuld")
+INIT_VELOCITY = ("hsm", "dsm")
+RHO_MIN, RHO_MAX = math.log(1e-3), math.log(1e3)
+
+
+def pad_like(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a (B,) tensor to (B, 1, ..., 1) so it broadcasts against x of shape (B, *shape)."""
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """beta(t) constant (``beta``) or linear from ``beta_min`` at t = 0 to ``beta`` at t = 1."""
+
+    beta: float
+    kind: str = "constant"
+    beta_min: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("constant", "linear"):
+            raise ValueError(f"beta_schedule must be 'constant' or 'linear', got {self.kind!r}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}; the forward process needs a positive rate")
+        if self.kind == "linear" and not 0 < self.beta_min <= self.beta:
+            raise ValueError(f"a linear schedule needs 0 < beta_min <= beta, got beta_min={self.beta_min}, "
+                             f"beta={self.beta}")
+
+    def __call__(self, t: Tensor) -> Tensor:
+        if self.kind == "constant":
+            return torch.full_like(t, self.beta)
+        return self.beta_min + t * (self.beta - self.beta_min)
+
+    def integral(self, t: Tensor) -> Tensor:
+        """B(t) = int_0^t beta(s) ds."""
+        if self.kind == "constant":
+            return self.beta * t
+        return self.beta_min * t + 0.5 * t * t * (self.beta - self.beta_min)
+
+
+class ForwardProcess(nn.Module):
+    """Shared machinery: the schedule, the variational-score parameter ``rho``, time grids, kernel cache."""
+
+    momentum: bool = False
+
+    def __init__(self, name: str, data_shape: tuple[int, ...], schedule: BetaSchedule, adaptive: bool,
+                 t_eps: float = 1e-3, t_max: float = 1.0) -> None:
+        super().__init__()
+        if not 0 < t_eps < t_max:
+            raise ValueError(f"need 0 < t_eps < t_max, got t_eps={t_eps}, t_max={t_max}")
+        self.name = name
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.schedule = schedule
+        self.adaptive = adaptive
+        self.t_eps, self.t_max = float(t_eps), float(t_max)
+        # Not trained by the score loss: the SA stage sets .grad by hand (see vsmd.diffusion.variational).
+        self.rho = nn.Parameter(torch.zeros(self.data_shape), requires_grad=False)
+        self._cache: tuple[Tensor, Tensor, dict[str, Tensor]] | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    # State layout.
+    @property
+    def n_state(self) -> int:
+        return 2 if self.momentum else 1
+
+    def split(self, a: Tensor) -> tuple[Tensor, ...]:
+        return a.chunk(self.n_state, dim=1)
+
+    def join(self, *parts: Tensor) -> Tensor:
+        return torch.cat(parts, dim=1)
+
+    def _check_data(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"data of shape {tuple(x.shape)} does not match the process's data shape "
+                             f"(B, {', '.join(map(str, self.data_shape))}); check the model's data_dim")
+
+    # ----------------------------------------------------------------------------------------------
+    # Coefficients (float64 inside, returned in the dtype asked for).
+    def beta(self, t: Tensor) -> Tensor:
+        return self.schedule(t)
+
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        """g(t)^2 of the noise coordinate (v for momentum, x for overdamped)."""
+        raise NotImplementedError
+
+    def coefficients(self, t: Tensor, dtype: torch.dtype = torch.float32, prior: bool = False) -> dict[str, Tensor]:
+        """Kernel coefficients at times t (shape (n,)): a dict of tensors of shape (n, *data_shape).
+
+        ``prior=True`` uses Sigma_0 = diag(0, s^2) whatever the initial-velocity mode, which is the marginal
+        at x0 = 0 (the prior, spec section 3).
+        """
+        t64 = t.detach().to(torch.float64)
+        big_b = self.schedule.integral(t64).reshape(-1, *([1] * len(self.data_shape)))
+        out = self._coefficients64(big_b, prior)
+        return {k: v.to(dtype) for k, v in out.items()}
+
+    def _coefficients64(self, big_b: Tensor, prior: bool) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def table(self, levels: Tensor) -> dict[str, Tensor]:
+        """Coefficients on a fixed time grid, cached until rho or the grid changes."""
+        rho = self.rho.detach()
+        if (self._cache is None or self._cache[0].shape != levels.shape or not torch.equal(self._cache[0], levels)
+                or not torch.equal(self._cache[1], rho)):
+            self._cache = (levels.clone(), rho.clone(), self.coefficients(levels))
+        return self._cache[2]
+
+    def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
+        """The preconditioner: score = -eps_hat / noise_scale (L_vv for momentum, the std for overdamped)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------
+    # Variational scores.
+    def variational_scores(self) -> tuple[Tensor, Tensor | None]:
+        """(A_x, A_v) per dimension, float64; A_v is None for overdamped processes."""
+        raise NotImplementedError
+
+    def rho_grad(self, g_alpha: Tensor, g_nu: Tensor | None) -> Tensor:
+        """Chain rule from (dL/dA_x, dL/dA_v) to dL/drho."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def clamp_rho(self) -> None:
+        self.rho.clamp_(RHO_MIN, RHO_MAX)
+
+    # ----------------------------------------------------------------------------------------------
+    # Sampling from the kernel and the prior.
+    def perturb(self, x0: Tensor, t: Tensor, coeffs: dict[str, Tensor] | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Draw a_t ~ p(a_t | x0): returns (a_t, eps target, noise_scale)."""
+        raise NotImplementedError
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        raise NotImplementedError
+
+    def time_grid(self, n: int, device=None) -> Tensor:
+        """n points from t_max down to t_eps (inclusive), float32."""
+        return torch.linspace(self.t_max, self.t_eps, n, device=device)
+
+    # ----------------------------------------------------------------------------------------------
+    # Reverse time (s = T - t): da/ds for the backward SDE or the probability-flow ODE.
+    def reverse_drift(self, a: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def add_noise(self, a: Tensor, t: Tensor, h: float, generator: torch.Generator | None = None) -> Tensor:
+        """Euler-Maruyama noise sqrt(g^2 h) xi on the noise coordinate."""
+        parts = list(self.split(a))
+        g2 = pad_like(self.diffusion_sq(t), parts[-1])
+        parts[-1] = parts[-1] + (g2 * h).sqrt() * _randn_like(parts[-1], generator)
+        return self.join(*parts)
+
+    def linear_step(self, a: Tensor, t: float, t_next: float, generator: torch.Generator | None = None) -> Tensor:
+        """Exact step of the stable linear OU part of the reverse SDE from t to t_next < t (spec 4.2)."""
+        raise NotImplementedError
+
+    def score_kick(self, a: Tensor, t: Tensor, h: float, score: Tensor) -> Tensor:
+        """The non-linear part of the splitting: noise coordinate += h g^2 (score + d * noise coordinate)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, data_shape={self.data_shape}, schedule={self.schedule}, adaptive={self.adaptive}"
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class OverdampedProcess(ForwardProcess):
+    """dx = -1/2 beta(t) (1 - 2A) x dt + sqrt(beta(t)) dW with diagonal A (VSDM; A = 0 is the VP SDE)."""
+
+    momentum = False
+
+    def _rate(self) -> Tensor:
+        return self.rho.detach().to(torch.float64).exp()
+
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        return self.beta(t)
+
+    def _coefficients64(self, big_b: Tensor, prior: bool) -> dict[str, Tensor]:
+        d = self._rate()
+        return {"m": torch.exp(-0.5 * big_b * d), "std": (-torch.expm1(-big_b * d) / d).sqrt()}
+
+    def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
+        return (coeffs or self.coefficients(t))["std"]
+
+    def variational_scores(self) -> tuple[Tensor, None]:
+        return (1 - self._rate()) / 2, None
+
+    def rho_grad(self, g_alpha: Tensor, g_nu: Tensor | None) -> Tensor:
+        return g_alpha * (-self._rate() / 2)
+
+    def perturb(self, x0, t, coeffs=None, generator=None):
+        self._check_data(x0)
+        k = coeffs if coeffs is not None else self.coefficients(t.to(x0.device))
+        eps = _randn_like(x0, generator)
+        return k["m"] * x0 + k["std"] * eps, eps, k["std"]
+
+    def prior_sample(self, n, generator=None, device=None):
+        t = torch.tensor([self.t_max], device=device)
+        std = self.coefficients(t)["std"]
+        return std * torch.randn((n, *self.data_shape), generator=generator, device=device)
+
+    def reverse_drift(self, a, t, score, probability_flow=False):
+        beta = pad_like(self.beta(t), a)
+        d = self._rate().to(a.dtype)
+        return 0.5 * beta * d * a + (0.5 if probability_flow else 1.0) * beta * score
+
+    def linear_step(self, a, t, t_next, generator=None):
+        db = self.schedule.integral(torch.tensor(t, dtype=torch.float64)) - \
+            self.schedule.integral(torch.tensor(t_next, dtype=torch.float64))
+        d = self._rate()
+        m = torch.exp(-0.5 * db * d).to(a.dtype)
+        std = (-torch.expm1(-db * d) / d).sqrt().to(a.dtype)
+        return m * a + std * _randn_like(a, generator)
+
+    def score_kick(self, a, t, h, score):
+        beta = pad_like(self.beta(t), a)
+        return a + h * beta * (score + self._rate().to(a.dtype) * a)
+
+
+class MomentumProcess(ForwardProcess):
+    """Critically- or under-damped Langevin forward process with diagonal variational scores (spec 1.1-1.3)."""
+
+    momentum = True
+
+    def __init__(self, name: str, data_shape: tuple[int, ...], schedule: BetaSchedule, adaptive: bool,
+                 gamma: float = 2.0, damping: float = 1.0, init_velocity: str = "hsm", v0_var: float = 1.0,
+                 t_eps: float = 1e-3, t_max: float = 1.0) -> None:
+        super().__init__(name, data_shape, schedule, adaptive, t_eps, t_max)
+        if not gamma > 0:
+            raise ValueError(f"gamma (friction) must be > 0, got {gamma}")
+        if not 0 < damping <= 1:
+            raise ValueError(f"damping ratio R must be in (0, 1] (R = 1 critical, R < 1 under-damped), got {damping}")
+        if init_velocity not in INIT_VELOCITY:
+            raise ValueError(f"init_velocity must be one of {INIT_VELOCITY}, got {init_velocity!r}")
+        if not v0_var > 0:
+            raise ValueError(f"v0_var (variance of the initial velocity) must be > 0, got {v0_var}")
+        self.gamma, self.damping = float(gamma), float(damping)
+        self.init_velocity, self.v0_var = init_velocity, float(v0_var)
+
+    def drift_params(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(omega, c, kappa) per dimension in float64, from rho through the damping transform."""
+        rho = self.rho.detach().to(torch.float64)
+        omega = rho.exp()
+        kappa = (2 * math.sqrt(self.damping) / self.gamma) * (rho / 2).exp()
+        return omega, self.gamma * kappa, kappa
+
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        return self.beta(t) * self.gamma
+
+    def _coefficients64(self, big_b: Tensor, prior: bool) -> dict[str, Tensor]:
+        omega, c, kappa = self.drift_params()
+        phi = kernel.transition(big_b, omega, c)
+        var0v = self.v0_var if (prior or self.init_velocity == "hsm") else 0.0
+        lxx, lvx, lvv = kernel.cholesky2x2(*kernel.covariance(phi, omega, kappa, var0v))
+        return dict(zip(("p11", "p12", "p21", "p22"), phi)) | {"lxx": lxx, "lvx": lvx, "lvv": lvv}
+
+    def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
+        return (coeffs or self.coefficients(t))["lvv"]
+
+    def variational_scores(self) -> tuple[Tensor, Tensor]:
+        omega, _, kappa = self.drift_params()
+        return (1 - omega) / (2 * self.gamma), (1 - kappa) / 2
+
+    def rho_grad(self, g_alpha: Tensor, g_nu: Tensor | None) -> Tensor:
+        omega, _, kappa = self.drift_params()
+        return g_alpha * (-omega / (2 * self.gamma)) + g_nu * (-kappa / 4)
+
+    def perturb(self, x0, t, coeffs=None, generator=None):
+        self._check_data(x0)
+        k = coeffs if coeffs is not None else self.coefficients(t.to(x0.device))
+        mx, mv = k["p11"] * x0, k["p21"] * x0
+        if self.init_velocity == "dsm":  # sampled v0, Sigma_0 = 0
+            v0 = math.sqrt(self.v0_var) * _randn_like(x0, generator)
+            mx, mv = mx + k["p12"] * v0, mv + k["p22"] * v0
+        ex, ev = _randn_like(x0, generator), _randn_like(x0, generator)
+        x = mx + k["lxx"] * ex
+        v = mv + k["lvx"] * ex + k["lvv"] * ev
+        return self.join(x, v), ev, k["lvv"]
+
+    def prior_sample(self, n, generator=None, device=None):
+        k = self.coefficients(torch.tensor([self.t_max], device=device), prior=True)
+        ex = torch.randn((n, *self.data_shape), generator=generator, device=device)
+        ev = torch.randn((n, *self.data_shape), generator=generator, device=device)
+        return self.join(k["lxx"] * ex, k["lvx"] * ex + k["lvv"] * ev)
+
+    def reverse_drift(self, a, t, score, probability_flow=False):
+        x, v = self.split(a)
+        omega, c, _ = (p.to(a.dtype) for p in self.drift_params())
+        beta = pad_like(self.beta(t), x)
+        dx = -0.5 * beta * v
+        dv = 0.5 * beta * (omega * x + c * v) + (0.5 if probability_flow else 1.0) * beta * self.gamma * score
+        return self.join(dx, dv)
+
+    def linear_step(self, a, t, t_next, generator=None):
+        x, v = self.split(a)
+        db = self.schedule.integral(torch.tensor(t, dtype=torch.float64)) - \
+            self.schedule.integral(torch.tensor(t_next, dtype=torch.float64))
+        omega, c, kappa = self.drift_params()
+        phi = kernel.transition(db.to(omega.device), omega, c, reverse=True)
+        lxx, lvx, lvv = (z.to(a.dtype) for z in kernel.cholesky2x2(*kernel.covariance(phi, omega, kappa, 0.0)))
+        p11, p12, p21, p22 = (p.to(a.dtype) for p in phi)
+        ex, ev = _randn_like(x, generator), _randn_like(v, generator)
+        return self.join(p11 * x + p12 * v + lxx * ex, p21 * x + p22 * v + lvx * ex + lvv * ev)
+
+    def score_kick(self, a, t, h, score):
+        x, v = self.split(a)
+        _, _, kappa = self.drift_params()
+        g2 = pad_like(self.diffusion_sq(t), v)
+        return self.join(x, v + h * g2 * (score + kappa.to(a.dtype) * v))
+
+
+def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
+                 beta_schedule: str = "constant", beta_min: float = 0.1, gamma: float = 2.0,
+                 damping: float = 1.0, init_velocity: str = "hsm", v0_var: float = 1.0,
+                 t_eps: float = 1e-3) -> ForwardProcess:
+    """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum).
+
+    ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``); ``vp``/``cld``/``uld`` keep A = 0.
+    """
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
+    schedule = BetaSchedule(float(beta), beta_schedule, float(beta_min))
+    adaptive = name in ADAPTIVE
+    if name not in MOMENTUM:
+        return OverdampedProcess(name, tuple(data_shape), schedule, adaptive, t_eps)
+    if not 0 < damping <= 1:
+        raise ValueError(f"damping ratio R must be in (0, 1] (R = 1 critical, R < 1 under-damped), got {damping}")
+    if name in ("uld", "vsuld") and damping == 1:
+        raise ValueError(f"process {name!r} is under-damped and needs damping ratio R < 1, got {damping}; "
+                         "use cld/vscld for R = 1")
+    if name in ("cld", "vscld") and damping != 1:
+        raise ValueError(f"process {name!r} is critically damped (R = 1), got damping={damping}; "
+                         "use uld/vsuld for R < 1")
+    return MomentumProcess(name, tuple(data_shape), schedule, adaptive, gamma, damping, init_velocity, v0_var, t_eps)
