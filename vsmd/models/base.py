@@ -1,0 +1,246 @@
+"""The LightningModule every task shares: score loss, EMA, and the SA stage machine for A."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
+from vsmd.diffusion import sample as run_sampler
+
+
+class VSMDModule(pl.LightningModule):
+    """Score-based generative model on a (momentum) forward process with adaptive variational scores.
+
+    Subclasses provide ``build_net()`` and the task's evaluation. Evaluation and sampling use the EMA weights.
+
+    Args:
+        process: forward process: vp, vsdm (overdamped), cld, uld, vscld, vsuld (momentum).
+        beta: constant rate beta, or beta_max of a linear schedule.
+        beta_schedule: "constant" or "linear" (from beta_min at t=0 to beta at t=1).
+        beta_min: start of a linear schedule.
+        gamma: friction (gamma = 2 makes A = 0, R = 1 exactly CLD).
+        damping: R, the squared damping ratio, in (0, 1]: 1 for cld/vscld, < 1 for uld/vsuld.
+        init_velocity: "hsm" (Sigma_0 = diag(0, s^2), lower variance) or "dsm" (sampled v0).
+        v0_var: s^2, the variance of the initial velocity.
+        t_eps: smallest diffusion time used in training and sampling.
+        t_levels: train on this many fixed times in [t_eps, 1] with a cached kernel (0: continuous t).
+        lr: learning rate of the score network (Adam).
+        weight_decay: AdamW weight decay of the score network.
+        ema_decay: EMA decay of the score-network weights used for evaluation (0 disables EMA).
+        sa_every: N_b, score-network steps between two SA stages on A.
+        sa_steps: N_f, A-steps per SA stage (on one cache of simulated backward paths).
+        sa_paths: K, backward paths simulated per SA stage.
+        sa_points: time points of the Euler-Maruyama backward simulation (100 in the VSMD code).
+        sa_lr: step size of the A optimiser (Adam).
+        sa_lr_decay: multiply the A step size by this ...
+        sa_lr_decay_every: ... every this many A-steps.
+        sa_warmup: A is frozen for the first this-many network steps.
+        sa_cooldown: A is frozen for the last this-many network steps (needs trainer.max_steps).
+        zb_mode: backward policy in the SA loss: "full_score" (VSMD code) or "fbsde" (paper Eq. 13).
+        zeta: weight of the cross term z_f . z_b.
+        sampler: evaluation sampler: "heun" (probability-flow ODE), "sscs" (splitting SDE), "em".
+        sample_steps: grid points of the evaluation sampler.
+        seed: seed of the SA simulations and evaluation sampling (independent of training randomness).
+    """
+
+    def __init__(
+        self,
+        process: str = "vsuld",
+        beta: float = 5.0,
+        beta_schedule: str = "constant",
+        beta_min: float = 0.1,
+        gamma: float = 2.0,
+        damping: float = 0.7,
+        init_velocity: str = "hsm",
+        v0_var: float = 1.0,
+        t_eps: float = 1e-3,
+        t_levels: int = 1000,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.999,
+        sa_every: int = 100,
+        sa_steps: int = 5,
+        sa_paths: int = 256,
+        sa_points: int = 100,
+        sa_lr: float = 1e-2,
+        sa_lr_decay: float = 0.99,
+        sa_lr_decay_every: int = 100,
+        sa_warmup: int = 0,
+        sa_cooldown: int = 0,
+        zb_mode: str = "full_score",
+        zeta: float = 1.0,
+        sampler: str = "heun",
+        sample_steps: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if zb_mode not in ZB_MODES:
+            raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if sa_every < 1 or t_levels < 0 or sample_steps < 2:
+            raise ValueError(f"need sa_every >= 1, t_levels >= 0, sample_steps >= 2; got {sa_every}, {t_levels}, "
+                             f"{sample_steps}")
+        self.save_hyperparameters()
+        self.process = make_process(process, self.data_shape(), beta, beta_schedule, beta_min, gamma, damping,
+                                    init_velocity, v0_var, t_eps)
+        self.net = self.build_net()
+        self.net_ema = None
+        if ema_decay > 0:
+            self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.net_ema.requires_grad_(False)
+        self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,
+                                      sa_lr_decay_every) if self.process.adaptive else None)
+        self._sa_done_at = -1  # global step of the last SA stage (guards against a double stage)
+        self.trained_steps = 0  # optimizer steps of the loaded checkpoint (reported by test/predict)
+
+    # ----------------------------------------------------------------------------------------------
+    # What tasks provide.
+    def data_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def build_net(self) -> nn.Module:
+        raise NotImplementedError
+
+    def batch_to_x0(self, batch: Any) -> Tensor:
+        return batch
+
+    # ----------------------------------------------------------------------------------------------
+    # Score.
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.net_ema.module if self.net_ema is not None else self.net
+
+    def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None) -> Tensor:
+        """s_theta(a, t) = -eps_hat / noise_scale(t) (spec section 2)."""
+        net = net if net is not None else self.eval_net
+        tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
+        scale = self.process.noise_scale(tt).to(a.dtype)
+        return -net(a, 999.0 * t) / scale
+
+    @torch.no_grad()
+    def generate(self, n: int, sampler: str | None = None, steps: int | None = None, return_trajectory: bool = False,
+                 seed: int | None = None, progress: bool = False):
+        """n samples with the EMA network; returns the sampler's SampleResult."""
+        gen = torch.Generator(self.device).manual_seed(self.hparams.seed if seed is None else seed)
+        net = self.eval_net
+        was_training = net.training
+        net.eval()
+        try:
+            return run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net), n,
+                               steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress)
+        finally:
+            net.train(was_training)
+
+    # ----------------------------------------------------------------------------------------------
+    # Score loss.
+    def _sample_times(self, n: int) -> tuple[Tensor, dict[str, Tensor] | None]:
+        p = self.process
+        if self.hparams.t_levels:
+            levels = torch.linspace(p.t_eps, p.t_max, self.hparams.t_levels, device=self.device)
+            idx = torch.randint(0, len(levels), (n,), device=self.device)
+            return levels[idx], {k: v[idx] for k, v in p.table(levels).items()}
+        return p.t_eps + (p.t_max - p.t_eps) * torch.rand(n, device=self.device), None
+
+    def score_loss(self, x0: Tensor, net: nn.Module) -> Tensor:
+        """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
+        t, coeffs = self._sample_times(x0.shape[0])
+        a, eps, _ = self.process.perturb(x0, t, coeffs)
+        eps_hat = net(a, 999.0 * t)
+        return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.score_loss(self.batch_to_x0(batch), self.net)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the score loss is {loss.item()} at step {self.global_step}; training stopped before this step "
+                "changed any weight, and the checkpoints saved so far are untouched. Resume from the last one with "
+                "a lower lr (or check the data for NaN/inf).")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.sa is not None:
+            self.log_variational_scores()
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        # A fixed generator so that validation losses are comparable over training.
+        state = torch.get_rng_state()
+        torch.manual_seed(self.hparams.seed + batch_idx)
+        loss = self.score_loss(self.batch_to_x0(batch), self.eval_net)
+        torch.set_rng_state(state)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.net_ema is not None:  # inside the step, so a checkpoint taken after it includes this update
+            self.net_ema.update_parameters(self.net)
+
+    # ----------------------------------------------------------------------------------------------
+    # SA stages on A. They run at the start of a step so that a checkpoint written at the end of step S (by
+    # ModelCheckpoint, before any module hook) resumes into the stage that step S + 1 begins with.
+    def sa_due(self, step: int) -> bool:
+        h = self.hparams
+        if self.sa is None or step <= 0 or step < h.sa_warmup or step % h.sa_every:
+            return False
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        return not (h.sa_cooldown and max_steps > 0 and step > max_steps - h.sa_cooldown)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        step = self.global_step
+        if not self.sa_due(step) or self._sa_done_at == step:
+            return
+        self._sa_done_at = step
+        gen = torch.Generator(self.device).manual_seed(1_000_003 * self.hparams.seed + self.sa.stages)
+        was_training = self.net.training
+        self.net.eval()
+        start = time.perf_counter()
+        try:
+            reduce = None
+            if self.trainer.world_size > 1:
+                reduce = lambda x: self.trainer.strategy.reduce(x, reduce_op="mean")  # noqa: E731
+            info = self.sa.stage(lambda a, t: self.score(a, t, self.net), gen, reduce)
+        finally:
+            self.net.train(was_training)
+        self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
+                       "sa/seconds": time.perf_counter() - start}, on_step=True, on_epoch=False)
+
+    def log_variational_scores(self) -> None:
+        """Log A per dimension (low-dimensional data); tasks with many dimensions override this."""
+        alpha, nu = self.process.variational_scores()
+        if alpha.numel() > 16:
+            return
+        values = {f"A_x/{i}": float(v) for i, v in enumerate(alpha.flatten())}
+        if nu is not None:
+            values |= {f"A_v/{i}": float(v) for i, v in enumerate(nu.flatten())}
+        self.log_dict(values, on_step=True, on_epoch=False)
+
+    # ----------------------------------------------------------------------------------------------
+    # Checkpoint: the SA optimiser, its schedule and counters (rho itself is in the state_dict).
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.sa is not None:
+            checkpoint["vsmd_sa"] = self.sa.state_dict() | {"done_at": self._sa_done_at}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.trained_steps = int(checkpoint.get("global_step", 0))
+        if self.sa is not None and "vsmd_sa" in checkpoint:
+            self.sa.load_state_dict(checkpoint["vsmd_sa"])
+            self._sa_done_at = int(checkpoint["vsmd_sa"].get("done_at", -1))
+
+    # ----------------------------------------------------------------------------------------------
+    def tensorboard(self):
+        """The TensorBoard SummaryWriter on rank 0, or None."""
+        if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):
+            return self.logger.experiment
+        return None
