@@ -26,7 +26,7 @@ def tiny(save_dir: Path, *extra: str) -> list[str]:
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "1",
             "--model.init_args.hidden", "32", "--model.init_args.depth", "1",
-            "--model.init_args.sa_every", "10", "--model.init_args.sa_warmup", "0",
+            "--model.init_args.sa_every", "10", "--model.init_args.sa_steps", "5", "--model.init_args.sa_warmup", "0",
             "--model.init_args.sa_paths", "32", "--model.init_args.sa_points", "10",
             "--model.init_args.sample_steps", "5", "--model.init_args.n_straight", "20",
             "--model.init_args.straight_steps", "10",

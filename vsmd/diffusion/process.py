@@ -335,15 +335,18 @@ class MomentumProcess(ForwardProcess):
 
 
 def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
-                 beta_schedule: str = "constant", beta_min: float = 0.1, gamma: float = 2.0,
+                 beta_schedule: str = "auto", beta_min: float = 0.1, gamma: float = 2.0,
                  damping: float = 1.0, init_velocity: str = "hsm", v0_var: float = 1.0,
                  t_eps: float = 1e-3) -> ForwardProcess:
     """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum).
 
+    ``beta_schedule="auto"`` is linear (beta_min -> beta) for ``vp`` and constant otherwise.
     ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``); ``vp``/``cld``/``uld`` keep A = 0.
     """
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
+    if beta_schedule == "auto":
+        beta_schedule = "linear" if name == "vp" else "constant"
     schedule = BetaSchedule(float(beta), beta_schedule, float(beta_min))
     adaptive = name in ADAPTIVE
     if name not in MOMENTUM:

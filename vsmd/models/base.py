@@ -22,7 +22,7 @@ class VSMDModule(pl.LightningModule):
     Args:
         process: forward process: vp, vsdm (overdamped), cld, uld, vscld, vsuld (momentum).
         beta: constant rate beta, or beta_max of a linear schedule.
-        beta_schedule: "constant" or "linear" (from beta_min at t=0 to beta at t=1).
+        beta_schedule: "constant", "linear" (from beta_min at t=0 to beta at t=1), or "auto" (linear for vp).
         beta_min: start of a linear schedule.
         gamma: friction (gamma = 2 makes A = 0, R = 1 exactly CLD).
         damping: R, the squared damping ratio, in (0, 1]: 1 for cld/vscld, < 1 for uld/vsuld.
@@ -53,7 +53,7 @@ class VSMDModule(pl.LightningModule):
         self,
         process: str = "vsuld",
         beta: float = 5.0,
-        beta_schedule: str = "constant",
+        beta_schedule: str = "auto",
         beta_min: float = 0.1,
         gamma: float = 2.0,
         damping: float = 0.7,

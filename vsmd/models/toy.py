@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -123,5 +124,7 @@ class ToyVSMD(VSMDModule):
         np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
                  sample_steps=self.hparams.sample_steps)
         if x.shape[1] == 2:
-            samples_figure(None, torch.from_numpy(x), title=self.hparams.process).savefig(out / "samples.png", dpi=120)
+            fig = samples_figure(None, torch.from_numpy(x), title=self.hparams.process)
+            fig.savefig(out / "samples.png", dpi=120)
+            plt.close(fig)
         print(f"wrote {len(x)} samples to {out / 'samples.npz'}")
