@@ -101,7 +101,9 @@ class Toy2DDataModule(pl.LightningDataModule):
         return make_toy(self.dataset, n, self.stretch, gen)
 
     def train_dataloader(self) -> DataLoader:
-        return _StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed), batch_size=None)
+        rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP
+        return _StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank),
+                             batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.fixed_set("val"), batch_size=self.batch_size)

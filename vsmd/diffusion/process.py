@@ -336,12 +336,13 @@ class MomentumProcess(ForwardProcess):
 
 def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
                  beta_schedule: str = "auto", beta_min: float = 0.1, gamma: float = 2.0,
-                 damping: float = 1.0, init_velocity: str = "hsm", v0_var: float = 1.0,
+                 damping: float | None = None, init_velocity: str = "hsm", v0_var: float = 1.0,
                  t_eps: float = 1e-3) -> ForwardProcess:
     """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum).
 
     ``beta_schedule="auto"`` is linear (beta_min -> beta) for ``vp`` and constant otherwise.
-    ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``); ``vp``/``cld``/``uld`` keep A = 0.
+    ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``; None gives 1, resp. the paper's 0.7);
+    ``vp``/``cld``/``uld`` keep A = 0.
     """
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
@@ -351,6 +352,8 @@ def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float
     adaptive = name in ADAPTIVE
     if name not in MOMENTUM:
         return OverdampedProcess(name, tuple(data_shape), schedule, adaptive, t_eps)
+    if damping is None:
+        damping = 0.7 if name in ("uld", "vsuld") else 1.0
     if not 0 < damping <= 1:
         raise ValueError(f"damping ratio R must be in (0, 1] (R = 1 critical, R < 1 under-damped), got {damping}")
     if name in ("uld", "vsuld") and damping == 1:

@@ -25,7 +25,8 @@ class VSMDModule(pl.LightningModule):
         beta_schedule: "constant", "linear" (from beta_min at t=0 to beta at t=1), or "auto" (linear for vp).
         beta_min: start of a linear schedule.
         gamma: friction (gamma = 2 makes A = 0, R = 1 exactly CLD).
-        damping: R, the squared damping ratio, in (0, 1]: 1 for cld/vscld, < 1 for uld/vsuld.
+        damping: R, the squared damping ratio, in (0, 1]: 1 for cld/vscld, < 1 for uld/vsuld (None: 1 for
+            cld/vscld, the paper's 0.7 for uld/vsuld).
         init_velocity: "hsm" (Sigma_0 = diag(0, s^2), lower variance) or "dsm" (sampled v0).
         v0_var: s^2, the variance of the initial velocity.
         t_eps: smallest diffusion time used in training and sampling.
@@ -56,7 +57,7 @@ class VSMDModule(pl.LightningModule):
         beta_schedule: str = "auto",
         beta_min: float = 0.1,
         gamma: float = 2.0,
-        damping: float = 0.7,
+        damping: float | None = None,
         init_velocity: str = "hsm",
         v0_var: float = 1.0,
         t_eps: float = 1e-3,
@@ -202,7 +203,8 @@ class VSMDModule(pl.LightningModule):
         if not self.sa_due(step) or self._sa_done_at == step:
             return
         self._sa_done_at = step
-        gen = torch.Generator(self.device).manual_seed(1_000_003 * self.hparams.seed + self.sa.stages)
+        seed = 1_000_003 * self.hparams.seed + 7919 * self.global_rank + self.sa.stages  # new paths per stage/rank
+        gen = torch.Generator(self.device).manual_seed(seed)
         was_training = self.net.training
         self.net.eval()
         start = time.perf_counter()

@@ -1,0 +1,54 @@
+"""Every process trains, runs its SA stages and samples through the LightningModule."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from vsmd.datamodules import Toy2DDataModule
+from vsmd.diffusion import PROCESSES, SAMPLERS
+from vsmd.models import ToyVSMD
+
+
+@pytest.mark.parametrize("process", PROCESSES)
+def test_each_process_fits_and_samples(process: str) -> None:
+    damping = 0.7 if process in ("uld", "vsuld") else 1.0
+    beta = 20.0 if process == "vp" else 5.0
+    model = ToyVSMD(hidden=16, depth=1, process=process, beta=beta, damping=damping, sa_every=2, sa_steps=3,
+                    sa_paths=16, sa_points=6, sa_lr=0.1, t_levels=50)
+    trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(model, datamodule=Toy2DDataModule(batch_size=32))
+    if model.process.adaptive:
+        assert model.sa.stages == 2 and model.sa.steps == 6  # stages at steps 2 and 4
+        assert model.process.rho.abs().max() > 0
+    else:
+        assert model.sa is None and model.process.rho.abs().max() == 0
+    for sampler in SAMPLERS:
+        res = model.generate(64, sampler=sampler, steps=6)
+        x = model.process.split(res.state)[0]
+        assert x.shape == (64, 2) and torch.isfinite(x).all()
+        assert res.nfe == (2 * 6 - 1 if sampler == "heun" else 5)
+
+
+def test_sa_schedule_respects_warmup_and_cooldown() -> None:
+    model = ToyVSMD(hidden=16, depth=1, process="vscld", sa_every=2, sa_steps=1, sa_paths=8, sa_points=4,
+                    sa_warmup=4, sa_cooldown=3)
+    trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(model, datamodule=Toy2DDataModule(batch_size=16))
+    # Due at steps 4, 6, 8 (>= warm-up, <= 12 - 3); 10 is in the cool-down.
+    assert model.sa.stages == 3
+
+
+def test_kernel_cache_follows_rho() -> None:
+    model = ToyVSMD(hidden=8, depth=1, process="vsuld", t_levels=20)
+    levels = torch.linspace(model.process.t_eps, 1.0, 20)
+    before = {k: v.clone() for k, v in model.process.table(levels).items()}
+    model.process.rho.data += 0.5
+    after = model.process.table(levels)
+    fresh = model.process.coefficients(levels)
+    assert not torch.equal(before["lvv"], after["lvv"])
+    for k in fresh:
+        torch.testing.assert_close(after[k], fresh[k])
