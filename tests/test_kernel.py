@@ -16,7 +16,7 @@ import torch
 from vsmd.diffusion import kernel, make_process
 
 F64 = torch.float64
-JITTER = 1e-9  # kernel.cholesky2x2 adds this to the diagonal of Sigma
+JITTER = kernel.JITTER  # kernel.cholesky2x2 adds this to the diagonal of Sigma
 
 
 # -------------------------------------------------------------------------------------------------
@@ -209,7 +209,8 @@ def test_alpha_nu_round_trip(name, damping, gamma):
     p.rho.data = rho.clone()
     alpha, nu = p.variational_scores()
     rho64 = rho.to(F64)
-    # Independent: omega = e^rho, kappa = (2 sqrt(R)/gamma) e^(rho/2), alpha = (1 - omega)/(2 gamma), nu = (1 - kappa)/2.
+    # Independent: omega = e^rho, kappa = (2 sqrt(R)/gamma) e^(rho/2),
+    # alpha = (1 - omega)/(2 gamma), nu = (1 - kappa)/2.
     torch.testing.assert_close(alpha, (1 - rho64.exp()) / (2 * gamma), rtol=1e-12, atol=1e-15)
     kappa = 2 * math.sqrt(damping) / gamma * (rho64 / 2).exp()
     torch.testing.assert_close(nu, (1 - kappa) / 2, rtol=1e-12, atol=1e-15)
@@ -238,7 +239,7 @@ def test_rho_zero_is_cld():
 COV_TIMES = [1e-3, 3e-3, 0.02, 0.1, 0.3, 0.5, 1.0]
 # Relative tolerance per time. At t = delta = 1e-3 with Sigma_0 = 0, Sigma_xx ~ 2e-8 is the difference of O(1)
 # terms in the stationary-difference closed form, so float64 round-off alone gives ~1e-7 relative error there
-# (spec 1.3); that is 1e-15 absolute, far below the 1e-9 jitter. Everywhere else the spec's 1e-8 holds.
+# (spec 1.3); that is 1e-15 absolute, far below the jitter. Everywhere else the spec's 1e-8 holds.
 COV_TOL = torch.tensor([5e-7] + [1e-8] * (len(COV_TIMES) - 1), dtype=F64)
 
 
@@ -334,8 +335,8 @@ def test_small_t_ratios(name, damping, gamma):
     assert devs[0] < 0.3
     assert devs[1] < 0.1 * devs[0] * 1.5 and devs[2] < 0.1 * devs[1] * 1.5
     assert devs[2] < 5e-3
-    # The training coefficients (float64) carry the 1e-9 jitter, which at t = delta is not negligible against
-    # Sigma_xx ~ 1e-8 (it moves Lvv^2 by ~3 jitter / Sigma_xx, up to 30% here): compare with the jittered asymptote.
+    # The training coefficients (float64) carry the diagonal jitter, which moves Lvv^2 by ~3 jitter / Sigma_xx at
+    # small t (Sigma_xx ~ 1e-8 at t = delta): compare with the jittered asymptote.
     tt = torch.tensor([1e-3, 3e-3, 1e-2], dtype=F64).reshape(-1, 1)
     k = p.coefficients(tt.flatten(), dtype=F64)
     axx, axv, avv = beta**3 * gamma * tt**3 / 12 + JITTER, beta**2 * gamma * tt**2 / 4, beta * gamma * tt + JITTER

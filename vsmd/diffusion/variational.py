@@ -15,6 +15,7 @@ w = s_theta - A_old a, with A_old the scores the trajectories were simulated wit
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -205,6 +206,9 @@ class VariationalScoreSA:
                 "stages": self.stages, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
+        # Optimizer.load_state_dict copies only shallowly: without the deep copy an in-memory round trip
+        # would share Adam's moment tensors between the source and this copy.
+        state = copy.deepcopy(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stages, self.steps = int(state["stages"]), int(state["steps"])
