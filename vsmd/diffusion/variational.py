@@ -16,6 +16,7 @@ w = s_theta - A_old a, with A_old the scores the trajectories were simulated wit
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -165,6 +166,7 @@ class VariationalScoreSA:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, lr_decay_every, lr_decay)
         self.stages = 0
         self.steps = 0
+        self.seconds = 0.0  # wall time spent in stages (simulation and A-steps)
 
     @property
     def lr(self) -> float:
@@ -173,6 +175,7 @@ class VariationalScoreSA:
     def stage(self, score_fn: ScoreFn, generator: torch.Generator | None = None,
               reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
         """One SA stage; returns the loss before/after and the gradient norm of its first step."""
+        start = time.perf_counter()
         p = self.process
         traj = simulate(p, score_fn, self.n_paths, self.n_points, generator, device=p.rho.device)
         stats = SAStats.from_trajectories(p, traj, self.zb_mode, self.zeta)
@@ -199,11 +202,12 @@ class VariationalScoreSA:
             self.steps += 1
         self.stages += 1
         info["loss_after"] = stats.loss(*p.variational_scores()).item()
+        self.seconds += time.perf_counter() - start
         return info
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "stages": self.stages, "steps": self.steps}
+                "stages": self.stages, "steps": self.steps, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
         # Optimizer.load_state_dict copies only shallowly: without the deep copy an in-memory round trip
@@ -212,3 +216,4 @@ class VariationalScoreSA:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.stages, self.steps = int(state["stages"]), int(state["steps"])
+        self.seconds = float(state.get("seconds", 0.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -207,7 +206,6 @@ class VSMDModule(pl.LightningModule):
         gen = torch.Generator(self.device).manual_seed(seed)
         was_training = self.net.training
         self.net.eval()
-        start = time.perf_counter()
         try:
             reduce = None
             if self.trainer.world_size > 1:
@@ -216,7 +214,7 @@ class VSMDModule(pl.LightningModule):
         finally:
             self.net.train(was_training)
         self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
-                       "sa/seconds": time.perf_counter() - start}, on_step=True, on_epoch=False)
+                       "sa/seconds_total": self.sa.seconds}, on_step=True, on_epoch=False)
 
     def log_variational_scores(self) -> None:
         """Log A per dimension (low-dimensional data); tasks with many dimensions override this."""

@@ -92,6 +92,7 @@ class ToyVSMD(VSMDModule):
             alpha, nu = self.process.variational_scores()
             self._test["A_x"] = alpha.tolist()
             self._test["A_v"] = nu.tolist() if nu is not None else None
+            self._test["sa"] = {"stages": self.sa.stages, "steps": self.sa.steps, "seconds": self.sa.seconds}
         tb = self.tensorboard()
         if tb is not None and self._data_dim == 2:
             tb.add_figure("test/samples", samples_figure(real.cpu(), fake.cpu(), title=h.process), self.global_step)
