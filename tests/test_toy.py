@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vsmd.datamodules import Toy2DDataModule, make_toy
-from vsmd.metrics import pmf, pmf_rmse, straightness
+from vsmd.metrics import pmf, pmf_rmse, straightness, wasserstein1d
 
 
 def test_pmf_rmse_zero_on_identical_inputs_and_sums_to_one() -> None:
@@ -95,3 +95,16 @@ def test_datamodule_is_seeded_and_resumable() -> None:
 def test_datamodule_bad_input(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         Toy2DDataModule(**kwargs)
+
+
+def test_wasserstein1d_against_the_closed_form_for_a_shift() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5000, 2, generator=g)
+    shifted = x + torch.tensor([0.5, -2.0])
+    torch.testing.assert_close(wasserstein1d(x, shifted), torch.tensor([0.5, 2.0], dtype=torch.float64))
+    # W1(N(0,1), N(0, s^2)) = |1 - s| sqrt(2/pi); the sample estimate is within a few percent at n = 5000.
+    scaled = torch.randn(5000, 2, generator=g) * 3
+    torch.testing.assert_close(wasserstein1d(x, scaled), torch.full((2,), 2 * math.sqrt(2 / math.pi),
+                                                                      dtype=torch.float64), rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="equal shape"):
+        wasserstein1d(x, x[:10])

@@ -1,5 +1,5 @@
 """Evaluation metrics."""
 
-from vsmd.metrics.toy import pmf, pmf_rmse, straightness
+from vsmd.metrics.toy import pmf, pmf_rmse, straightness, wasserstein1d
 
-__all__ = ["pmf", "pmf_rmse", "straightness"]
+__all__ = ["pmf", "pmf_rmse", "straightness", "wasserstein1d"]

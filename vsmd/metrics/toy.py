@@ -41,3 +41,12 @@ def straightness(trajectory: Tensor, times: Tensor) -> Tensor:
     mean_vel = (traj[-1] - traj[0]) / span
     vel = (traj[1:] - traj[:-1]) / h[:, None, None]
     return ((mean_vel[None] - vel).pow(2).mean(1) * h[:, None]).sum(0).cpu()
+
+
+def wasserstein1d(real: Tensor, fake: Tensor) -> Tensor:
+    """Per-dimension 1-D Wasserstein-1 distance between two equal-size samples (n, d): mean |sorted differences|."""
+    if real.shape != fake.shape or real.dim() != 2:
+        raise ValueError(f"wasserstein1d needs two (n, d) tensors of equal shape, got {tuple(real.shape)} and "
+                         f"{tuple(fake.shape)}")
+    r, f = real.detach().double().cpu(), fake.detach().double().cpu()
+    return (r.sort(0).values - f.sort(0).values).abs().mean(0)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vsmd.metrics import pmf_rmse, straightness
+from vsmd.metrics import pmf_rmse, straightness, wasserstein1d
 from vsmd.models.base import VSMDModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import samples_figure, trajectories_figure
@@ -81,6 +81,8 @@ class ToyVSMD(VSMDModule):
         s = straightness(x_paths, times)
         metrics = {"rmse_pmf": pmf_rmse(real, fake) if self._data_dim == 2 else float("nan")}
         metrics |= {f"straightness_{i}": float(v) for i, v in enumerate(s)}
+        metrics |= {f"w1_{i}": float(v) for i, v in enumerate(wasserstein1d(real, fake))}
+        metrics |= {f"std_ratio_{i}": float(v) for i, v in enumerate(fake.std(0).cpu() / real.std(0).cpu())}
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "sampler": h.sampler, "sample_steps": h.sample_steps, "nfe": res.nfe,
                       "n_samples": len(real), "sampling_seconds": wall,
