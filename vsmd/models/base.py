@@ -167,8 +167,6 @@ class VSMDModule(pl.LightningModule):
                 "changed any weight, and the checkpoints saved so far are untouched. Resume from the last one with "
                 "a lower lr (or check the data for NaN/inf).")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        if self.sa is not None:
-            self.log_variational_scores()
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -215,6 +213,7 @@ class VSMDModule(pl.LightningModule):
             self.net.train(was_training)
         self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
                        "sa/seconds_total": self.sa.seconds}, on_step=True, on_epoch=False)
+        self.log_variational_scores()  # A only changes here, so it is logged here rather than every step
 
     def log_variational_scores(self) -> None:
         """Log A per dimension (low-dimensional data); tasks with many dimensions override this."""

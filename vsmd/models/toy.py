@@ -52,6 +52,10 @@ class ToyVSMD(VSMDModule):
             raise ValueError(f"the data have dimension {dim} but the model was built for data_dim={self._data_dim}; "
                              f"set model.data_dim: {dim}")
 
+    def _x_paths(self, trajectory: Tensor) -> Tensor:
+        """The x part (N, B, d) of a sampler trajectory of states (N, B, n_state * d)."""
+        return self.process.split(trajectory.flatten(0, 1))[0].reshape(*trajectory.shape[:2], -1)
+
     # ----------------------------------------------------------------------------------------------
     def on_validation_epoch_end(self) -> None:
         tb = self.tensorboard()
@@ -63,8 +67,8 @@ class ToyVSMD(VSMDModule):
         x_fake = self.process.split(fake)[0].cpu()
         tb.add_figure("samples", samples_figure(real, x_fake, title=self.hparams.process), self.global_step)
         paths = self.generate(16, sampler="heun", steps=self.hparams.straight_steps, return_trajectory=True)
-        x_paths = self.process.split(paths.trajectory.flatten(0, 1))[0].reshape(len(paths.times), 16, -1)
-        tb.add_figure("pf_ode_paths", trajectories_figure(x_paths.cpu(), paths.times.cpu()), self.global_step)
+        tb.add_figure("pf_ode_paths", trajectories_figure(self._x_paths(paths.trajectory).cpu(), paths.times.cpu()),
+                      self.global_step)
 
     # ----------------------------------------------------------------------------------------------
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -77,8 +81,7 @@ class ToyVSMD(VSMDModule):
         paths = self.generate(h.n_straight, sampler="heun", steps=h.straight_steps, return_trajectory=True,
                               seed=h.seed + 1)
         times = paths.times[:-1]  # the grid T..t_eps; the last point is the final Euler step to t = 0
-        x_paths = self.process.split(paths.trajectory[:-1].flatten(0, 1))[0].reshape(len(times), h.n_straight, -1)
-        s = straightness(x_paths, times)
+        s = straightness(self._x_paths(paths.trajectory[:-1]), times)
         metrics = {"rmse_pmf": pmf_rmse(real, fake) if self._data_dim == 2 else float("nan")}
         metrics |= {f"straightness_{i}": float(v) for i, v in enumerate(s)}
         metrics |= {f"w1_{i}": float(v) for i, v in enumerate(wasserstein1d(real, fake))}
@@ -89,7 +92,8 @@ class ToyVSMD(VSMDModule):
                       "straightness": {"metric": "rectified-flow straightness int E[(dx/(T-t_eps) - xdot)^2] ds "
                                        "per dimension, finite differences", "sampler": "heun",
                                        "steps": h.straight_steps, "paths": h.n_straight},
-                      "process": h.process, "beta": h.beta, "damping": h.damping, "trained_steps": max(self.trained_steps, self.global_step)}
+                      "process": h.process, "beta": h.beta, "damping": h.damping,
+                      "trained_steps": max(self.trained_steps, self.global_step)}
         if self.sa is not None:
             alpha, nu = self.process.variational_scores()
             self._test["A_x"] = alpha.tolist()
