@@ -37,3 +37,29 @@ def trajectories_figure(paths: Tensor, times: Tensor):
         ax.set_title(f"x[{j}] along the PF-ODE")
     fig.tight_layout()
     return fig
+
+
+def forecast_figure(history, future, samples, max_dims: int = 4, title: str = ""):
+    """Forecast median with 50% and 90% bands against the truth, one panel per series (paper Figure 6).
+
+    history (L, D), future (H, D), samples (S, H, D), numpy arrays of one window.
+    """
+    import numpy as np
+
+    d = min(max_dims, future.shape[1])
+    lh, h = len(history), len(future)
+    fig, axes = plt.subplots(d, 1, figsize=(8, 2.2 * d), squeeze=False, sharex=True)
+    t_hist, t_fut = np.arange(-lh, 0), np.arange(h)
+    q = np.quantile(samples, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+    for j, ax in enumerate(axes[:, 0]):
+        ax.plot(t_hist, history[:, j], color="k", lw=1)
+        ax.plot(t_fut, future[:, j], color="k", lw=1, label="truth")
+        ax.fill_between(t_fut, q[0, :, j], q[4, :, j], color="C0", alpha=0.2, label="90%")
+        ax.fill_between(t_fut, q[1, :, j], q[3, :, j], color="C0", alpha=0.4, label="50%")
+        ax.plot(t_fut, q[2, :, j], color="C0", lw=1.2, label="median")
+        ax.set_ylabel(f"series {j}")
+    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=4)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("steps from the forecast start")
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,6 @@
 """LightningDataModules, one per data family."""
 
+from vsmd.datamodules.timeseries import GluonTSDataModule
 from vsmd.datamodules.toy import Toy2DDataModule, make_toy
 
-__all__ = ["Toy2DDataModule", "make_toy"]
+__all__ = ["GluonTSDataModule", "Toy2DDataModule", "make_toy"]

@@ -51,7 +51,7 @@ class _Stream(IterableDataset):
             yield make_toy(self.name, self.batch_size, self.stretch, gen)
 
 
-class _StreamLoader(DataLoader):
+class StreamLoader(DataLoader):
     """A DataLoader whose position Lightning saves in checkpoints, so a resumed run draws new batches
     instead of replaying the first ones (it may skip the one batch that was prefetched)."""
 
@@ -102,7 +102,7 @@ class Toy2DDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP
-        return _StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank),
+        return StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank),
                              batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

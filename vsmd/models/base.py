@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -115,18 +116,27 @@ class VSMDModule(pl.LightningModule):
     def batch_to_x0(self, batch: Any) -> Tensor:
         return batch
 
+    def batch_loss(self, batch: Any, net: nn.Module) -> Tensor:
+        """The score loss of a batch (conditional tasks encode their condition here)."""
+        return self.score_loss(self.batch_to_x0(batch), net)
+
+    def sa_score_fn(self, batch: Any, net: nn.Module, generator: torch.Generator):
+        """The score function the SA stage simulates backward paths with (conditional tasks pick conditions)."""
+        return lambda a, t: self.score(a, t, net)
+
     # ----------------------------------------------------------------------------------------------
     # Score.
     @property
     def eval_net(self) -> nn.Module:
         return self.net_ema.module if self.net_ema is not None else self.net
 
-    def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None) -> Tensor:
-        """s_theta(a, t) = -eps_hat / noise_scale(t) (spec section 2)."""
+    def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
+        """s_theta(a, t[, cond]) = -eps_hat / noise_scale(t) (spec section 2)."""
         net = net if net is not None else self.eval_net
         tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
         scale = self.process.noise_scale(tt).to(a.dtype)
-        return -net(a, 999.0 * t) / scale
+        eps = net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
+        return -eps / scale
 
     @torch.no_grad()
     def generate(self, n: int, sampler: str | None = None, steps: int | None = None, return_trajectory: bool = False,
@@ -152,15 +162,15 @@ class VSMDModule(pl.LightningModule):
             return levels[idx], {k: v[idx] for k, v in p.table(levels).items()}
         return p.t_eps + (p.t_max - p.t_eps) * torch.rand(n, device=self.device), None
 
-    def score_loss(self, x0: Tensor, net: nn.Module) -> Tensor:
+    def score_loss(self, x0: Tensor, net: nn.Module, cond: Tensor | None = None) -> Tensor:
         """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
         t, coeffs = self._sample_times(x0.shape[0])
         a, eps, _ = self.process.perturb(x0, t, coeffs)
-        eps_hat = net(a, 999.0 * t)
+        eps_hat = net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
         return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.score_loss(self.batch_to_x0(batch), self.net)
+        loss = self.batch_loss(batch, self.net)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the score loss is {loss.item()} at step {self.global_step}; training stopped before this step "
@@ -173,7 +183,7 @@ class VSMDModule(pl.LightningModule):
         # A fixed generator so that validation losses are comparable over training.
         state = torch.get_rng_state()
         torch.manual_seed(self.hparams.seed + batch_idx)
-        loss = self.score_loss(self.batch_to_x0(batch), self.eval_net)
+        loss = self.batch_loss(batch, self.eval_net)
         torch.set_rng_state(state)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
@@ -208,7 +218,7 @@ class VSMDModule(pl.LightningModule):
             reduce = None
             if self.trainer.world_size > 1:
                 reduce = lambda x: self.trainer.strategy.reduce(x, reduce_op="mean")  # noqa: E731
-            info = self.sa.stage(lambda a, t: self.score(a, t, self.net), gen, reduce)
+            info = self.sa.stage(self.sa_score_fn(batch, self.net, gen), gen, reduce)
         finally:
             self.net.train(was_training)
         self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
@@ -238,6 +248,20 @@ class VSMDModule(pl.LightningModule):
             self._sa_done_at = int(checkpoint["vsmd_sa"].get("done_at", -1))
 
     # ----------------------------------------------------------------------------------------------
+    def run_dir(self) -> Path:
+        """The run's log directory (where test/predict write their files), created if needed."""
+        out = Path(self.trainer.log_dir or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def variational_summary(self) -> dict[str, Any]:
+        """The learned A and the SA counters, for the JSON reports (empty for non-adaptive processes)."""
+        if self.sa is None:
+            return {}
+        alpha, nu = self.process.variational_scores()
+        return {"A_x": alpha.tolist(), "A_v": nu.tolist() if nu is not None else None,
+                "sa": {"stages": self.sa.stages, "steps": self.sa.steps, "seconds": self.sa.seconds}}
+
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, or None."""
         if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -94,11 +93,7 @@ class ToyVSMD(VSMDModule):
                                        "steps": h.straight_steps, "paths": h.n_straight},
                       "process": h.process, "beta": h.beta, "damping": h.damping,
                       "trained_steps": max(self.trained_steps, self.global_step)}
-        if self.sa is not None:
-            alpha, nu = self.process.variational_scores()
-            self._test["A_x"] = alpha.tolist()
-            self._test["A_v"] = nu.tolist() if nu is not None else None
-            self._test["sa"] = {"stages": self.sa.stages, "steps": self.sa.steps, "seconds": self.sa.seconds}
+        self._test |= self.variational_summary()
         tb = self.tensorboard()
         if tb is not None and self._data_dim == 2:
             tb.add_figure("test/samples", samples_figure(real.cpu(), fake.cpu(), title=h.process), self.global_step)
@@ -106,8 +101,7 @@ class ToyVSMD(VSMDModule):
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
             return
-        path = Path(self.trainer.log_dir or ".") / "test_metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir() / "test_metrics.json"
         path.write_text(json.dumps(self._test, indent=2) + "\n")
         lines = [f"  {k:<16} {v:.6g}" for k, v in self._test["metrics"].items()]
         print("\n".join([f"test metrics ({self._test['sampler']}, NFE {self._test['nfe']}, "
@@ -126,8 +120,7 @@ class ToyVSMD(VSMDModule):
             return
         x = torch.cat(self._predicted).numpy()
         self._predicted = []
-        out = Path(self.trainer.log_dir or ".")
-        out.mkdir(parents=True, exist_ok=True)
+        out = self.run_dir()
         np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
                  sample_steps=self.hparams.sample_steps)
         if x.shape[1] == 2:
