@@ -1,11 +1,11 @@
 """GluonTS multivariate forecasting data (paper section 5.2): Exchange, Solar, Electricity (the GP-Copula splits).
 
-Loading order (``load_gluonts``), all through GluonTS's own code:
+Loading order (``load_series``), all through GluonTS's own code:
 
 1. a materialised dataset ``data_dir/<name>`` (``metadata.json``, ``train/``, ``test/``), read by ``get_dataset``;
 2. else the GP-Copula archive ``data_dir/<name>.tar.gz`` (as GluonTS downloads it, with the old
-   ``metadata/metadata.json``), converted offline with GluonTS's GP-Copula recipe into ``data_dir/<name>``;
-   the archive is left in place;
+   ``metadata/metadata.json``), converted offline with GluonTS's GP-Copula recipe into ``data_dir/<name>``
+   (into a temporary folder when data_dir is read-only); the archive is left in place;
 3. else GluonTS's normal download (``download=True``), materialised in a temporary folder and moved into place
    only when complete.
 
@@ -114,26 +114,49 @@ def _missing_message(name: str, root: Path, why: str) -> str:
             f"online with data.download: true")
 
 
-def load_gluonts(name: str, data_dir: str | Path, download: bool = True):
-    """The GluonTS ``TrainDatasets`` of ``name`` (see the module docstring for the loading order)."""
-    from gluonts.dataset.repository import get_dataset
+def _writable(root: Path) -> bool:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            return True
+    except OSError:
+        return False
 
+
+def materialise(name: str, data_dir: str | Path, download: bool = True) -> None:
+    """Make ``data_dir/<name>`` exist (from the archive, else by download) when data_dir is writable."""
     _check_name(name)
     root = Path(data_dir).expanduser()
     folder, archive = root / name, root / f"{name}.tar.gz"
-    if folder.exists() and not (folder / "metadata.json").is_file():
-        raise ValueError(f"{folder} exists but is not a materialised GluonTS dataset (no metadata.json); move it "
-                         "away or complete it")
-    if not folder.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        if archive.is_file():
+    if folder.exists():
+        if not (folder / "metadata.json").is_file():
+            raise ValueError(f"{folder} exists but is not a materialised GluonTS dataset (no metadata.json); move "
+                             "it away or complete it")
+        return
+    if archive.is_file():
+        if _writable(root):
             convert_gp_copula_archive(archive, name, folder)
-        elif download:
-            _download(name, root)
-        else:
-            raise FileNotFoundError(_missing_message(name, root, "no archive and data.download is false"))
-    with _quiet():
-        return get_dataset(name, path=root)
+        return  # read-only data_dir: load_series converts into a temporary folder
+    if not download:
+        raise FileNotFoundError(_missing_message(name, root, "no archive there and data.download is false"))
+    if not _writable(root):
+        raise FileNotFoundError(_missing_message(name, root, "and the folder is not writable for a download"))
+    _download(name, root)
+
+
+def load_series(name: str, data_dir: str | Path, download: bool = True) -> "GroupedSeries":
+    """The grouped series of ``name`` (see the module docstring for the loading order)."""
+    from gluonts.dataset.repository import get_dataset
+
+    materialise(name, data_dir, download)
+    root = Path(data_dir).expanduser()
+    if (root / name).exists():
+        with _quiet():
+            return group(get_dataset(name, path=root), name)
+    with tempfile.TemporaryDirectory() as tmp:  # archive in a read-only folder: convert, read, forget
+        convert_gp_copula_archive(root / f"{name}.tar.gz", name, Path(tmp) / name)
+        with _quiet():
+            return group(get_dataset(name, path=Path(tmp)), name)
 
 
 @dataclass
@@ -179,17 +202,21 @@ def group(datasets, name: str) -> GroupedSeries:
 
 
 class _WindowStream(IterableDataset):
-    """Endless training windows from the train split; batch k is a function of (seed, k) only."""
+    """Training windows from the train split, ``n_batches`` per epoch; batch k is a function of (seed, k) only."""
 
-    def __init__(self, series: GroupedSeries, history: int, batch_size: int, seed: int) -> None:
+    def __init__(self, series: GroupedSeries, history: int, batch_size: int, n_batches: int, seed: int) -> None:
         self.series, self.history, self.batch_size, self.seed = series, history, batch_size, seed
+        self.n_batches = n_batches
         self.position = 0
+
+    def __len__(self) -> int:
+        return self.n_batches
 
     def __iter__(self):
         s = self.series
         span = self.history + s.prediction_length
         n_ends = s.train.shape[1] - span + 1
-        while True:
+        for _ in range(self.n_batches):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
             self.position += 1
             starts = torch.randint(0, n_ends, (self.batch_size,), generator=gen).numpy()
@@ -216,7 +243,7 @@ class GluonTSDataModule(pl.LightningDataModule):
         data_dir: where the dataset (folder or GP-Copula archive) lives or is downloaded to.
         download: allow GluonTS's download when neither the folder nor the archive is in data_dir.
         batch_size: training windows per batch.
-        num_batches_per_epoch: length of a training "epoch" of the endless window stream.
+        num_batches_per_epoch: training batches per epoch (TimeGrad's convention); windows never repeat.
         n_val: fixed windows from the train split for the validation loss.
         history: past steps per window when no model says (None: 2 x prediction_length + 1).
         seed: seed of the window stream and the validation windows.
@@ -257,12 +284,11 @@ class GluonTSDataModule(pl.LightningDataModule):
         return getattr(self, "trainer", None) is not None
 
     def prepare_data(self) -> None:
-        load_gluonts(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
+        materialise(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.series is None:
-            datasets = load_gluonts(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
-            self.series = group(datasets, self.hparams.dataset)
+            self.series = load_series(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
         need = self.history + self.prediction_length
         if self.series.train.shape[1] < need:
             raise ValueError(f"{self.hparams.dataset}: the train split has {self.series.train.shape[1]} steps but a "
@@ -270,7 +296,7 @@ class GluonTSDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         stream = _WindowStream(self.series, self.history, self.hparams.batch_size,
-                               self.hparams.seed + 7919 * self._rank())  # distinct streams under DDP
+                               self.hparams.num_batches_per_epoch, self.hparams.seed + 7919 * self._rank())  # distinct streams under DDP
         return StreamLoader(stream, batch_size=None)
 
     def _rank(self) -> int:

@@ -14,6 +14,13 @@ from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
 
 
+def _warmup_ema(decay: float):
+    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return averaged + (current - averaged) * (1.0 - d)
+    return avg_fn
+
+
 class VSMDModule(pl.LightningModule):
     """Score-based generative model on a (momentum) forward process with adaptive variational scores.
 
@@ -34,6 +41,8 @@ class VSMDModule(pl.LightningModule):
         lr: learning rate of the score network (Adam).
         weight_decay: AdamW weight decay of the score network.
         ema_decay: EMA decay of the score-network weights used for evaluation (0 disables EMA).
+        ema_warmup: use decay min(ema_decay, (1 + n) / (10 + n)) at update n, so that short runs do not
+            evaluate a network dominated by its initial weights.
         sa_every: N_b, score-network steps between two SA stages on A.
         sa_steps: N_f, A-steps per SA stage (on one cache of simulated backward paths).
         sa_paths: K, backward paths simulated per SA stage.
@@ -65,6 +74,7 @@ class VSMDModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         ema_decay: float = 0.999,
+        ema_warmup: bool = False,
         sa_every: int = 100,
         sa_steps: int = 5,
         sa_paths: int = 256,
@@ -98,7 +108,10 @@ class VSMDModule(pl.LightningModule):
         self.net = self.build_net()
         self.net_ema = None
         if ema_decay > 0:
-            self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            if ema_warmup:
+                self.net_ema = AveragedModel(self.net, avg_fn=_warmup_ema(ema_decay))
+            else:
+                self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             self.net_ema.requires_grad_(False)
         self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,
                                       sa_lr_decay_every) if self.process.adaptive else None)

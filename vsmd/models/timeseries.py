@@ -52,7 +52,8 @@ class TimeSeriesVSMD(VSMDModule):
         channels: channels of the score network's residual conv blocks over the series axis.
         residual_layers: number of those blocks.
         num_samples: forecast sample paths per window (test and predict).
-        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
+        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule`` (here ema_warmup
+            defaults to true).
     """
 
     def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
@@ -71,6 +72,7 @@ class TimeSeriesVSMD(VSMDModule):
         self._net_args = dict(rnn=rnn, hidden=hidden, layers=layers, dropout=dropout, cond_dim=cond_dim,
                               channels=channels, residual_layers=residual_layers)
         self._n_feat = n_time_features(freq)
+        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
         super().__init__(**kwargs)
         self.prediction_length: int | None = None  # from the data, at setup
         self._test: dict[str, Any] = {}
