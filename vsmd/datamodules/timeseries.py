@@ -291,12 +291,14 @@ class GluonTSDataModule(pl.LightningDataModule):
             self.series = load_series(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
         need = self.history + self.prediction_length
         if self.series.train.shape[1] < need:
-            raise ValueError(f"{self.hparams.dataset}: the train split has {self.series.train.shape[1]} steps but a "
-                             f"window needs {need} (context + max lag + prediction length); shorten the context or lags")
+            raise ValueError(f"{self.hparams.dataset}: the train split has {self.series.train.shape[1]} steps but "
+                             f"a window needs {need} (context + max lag + prediction length); shorten the context "
+                             "or the lags")
 
     def train_dataloader(self) -> DataLoader:
+        seed = self.hparams.seed + 7919 * self._rank()  # distinct streams under DDP
         stream = _WindowStream(self.series, self.history, self.hparams.batch_size,
-                               self.hparams.num_batches_per_epoch, self.hparams.seed + 7919 * self._rank())  # distinct streams under DDP
+                               self.hparams.num_batches_per_epoch, seed)
         return StreamLoader(stream, batch_size=None)
 
     def _rank(self) -> int:

@@ -180,7 +180,7 @@ class TimeSeriesVSMD(VSMDModule):
             for k in tqdm(range(horizon), desc="forecasting", leave=False, disable=not progress):
                 cond, state = net.encode(values, time_feat, torch.tensor([history + k], device=self.device), state)
                 cond = cond[:, 0]
-                res = run_sampler(sampler or h.sampler, self.process, lambda a, t: self.score(a, t, net, cond),
+                res = run_sampler(sampler or h.sampler, self.process, lambda a, t, c=cond: self.score(a, t, net, c),
                                   len(cond), steps or h.sample_steps, gen, self.device)
                 values = torch.cat([values, self.process.split(res.state)[0][:, None]], dim=1)
                 nfe += res.nfe
