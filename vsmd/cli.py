@@ -36,7 +36,28 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by vsmd fit")
 
 
+# Evaluation settings: for validate/test/predict with --ckpt_path, these come from the config and command line,
+# not from the checkpoint (Lightning lets a checkpoint's hyper-parameters override both, which would silently
+# ignore e.g. --model.init_args.sample_steps 50). Everything else (architecture, process) must match the
+# weights and still comes from the checkpoint.
+EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
+                 "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile"}
+
+
 class VSMDCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items()
+                   if k not in EVAL_SETTINGS and k != "_instantiator"}
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        if hparams:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")

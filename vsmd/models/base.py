@@ -153,15 +153,18 @@ class VSMDModule(pl.LightningModule):
 
     @torch.no_grad()
     def generate(self, n: int, sampler: str | None = None, steps: int | None = None, return_trajectory: bool = False,
-                 seed: int | None = None, progress: bool = False):
-        """n samples with the EMA network; returns the sampler's SampleResult."""
+                 seed: int | None = None, progress: bool = False, cond: Tensor | None = None):
+        """n samples with the EMA network (conditioned on ``cond`` (n, ...) when given), in float32 even under
+        mixed precision; returns the sampler's SampleResult."""
         gen = torch.Generator(self.device).manual_seed(self.hparams.seed if seed is None else seed)
         net = self.eval_net
         was_training = net.training
         net.eval()
         try:
-            return run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net), n,
-                               steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress)
+            with torch.autocast(self.device.type, enabled=False):
+                return run_sampler(sampler or self.hparams.sampler, self.process,
+                                   lambda a, t: self.score(a, t, net, cond), n, steps or self.hparams.sample_steps,
+                                   gen, self.device, return_trajectory, progress)
         finally:
             net.train(was_training)
 
