@@ -229,10 +229,11 @@ class ImageVSMD(VSMDModule):
         return images
 
     def on_predict_epoch_end(self) -> None:
-        if not self._images or not self.trainer.is_global_zero:
-            self._images = []
-            return
         images, self._images = torch.cat(self._images), []
+        if self.trainer.world_size > 1:  # every rank made its share (DistributedSampler pads to equal shares)
+            images = self.all_gather(images.to(self.device)).flatten(0, 1).cpu()
+        if not self.trainer.is_global_zero:
+            return
         out = self.run_dir()
         np.savez_compressed(out / "samples.npz", images=images.permute(0, 2, 3, 1).numpy(),
                             process=self.hparams.process, sampler=self.hparams.sampler,
