@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,23 @@ class VSMDModule(pl.LightningModule):
         net = net if net is not None else self.eval_net
         tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
         scale = self.process.noise_scale(tt).to(a.dtype)
-        eps = net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
-        return -eps / scale
+        return -self._eps(net, a, t, cond) / scale
+
+    @staticmethod
+    def _eps(net: nn.Module, a: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """The network's eps_v prediction at c_noise = 999 t, with the condition when there is one."""
+        return net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
+
+    @contextlib.contextmanager
+    def sampling_mode(self, net: nn.Module):
+        """Run ``net`` in eval mode and in float32 (no autocast) for sampling, restoring its mode afterwards."""
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                yield net
+        finally:
+            net.train(was_training)
 
     @torch.no_grad()
     def generate(self, n: int, sampler: str | None = None, steps: int | None = None, return_trajectory: bool = False,
@@ -157,16 +173,9 @@ class VSMDModule(pl.LightningModule):
         """n samples with the EMA network (conditioned on ``cond`` (n, ...) when given), in float32 even under
         mixed precision; returns the sampler's SampleResult."""
         gen = torch.Generator(self.device).manual_seed(self.hparams.seed if seed is None else seed)
-        net = self.eval_net
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.autocast(self.device.type, enabled=False):
-                return run_sampler(sampler or self.hparams.sampler, self.process,
-                                   lambda a, t: self.score(a, t, net, cond), n, steps or self.hparams.sample_steps,
-                                   gen, self.device, return_trajectory, progress)
-        finally:
-            net.train(was_training)
+        with self.sampling_mode(self.eval_net) as net:
+            return run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net, cond),
+                               n, steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress)
 
     # ----------------------------------------------------------------------------------------------
     # Score loss.
@@ -182,7 +191,7 @@ class VSMDModule(pl.LightningModule):
         """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
         t, coeffs = self._sample_times(x0.shape[0])
         a, eps, _ = self.process.perturb(x0, t, coeffs)
-        eps_hat = net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
+        eps_hat = self._eps(net, a, t, cond)
         return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -228,15 +237,11 @@ class VSMDModule(pl.LightningModule):
         self._sa_done_at = step
         seed = 1_000_003 * self.hparams.seed + 7919 * self.global_rank + self.sa.stages  # new paths per stage/rank
         gen = torch.Generator(self.device).manual_seed(seed)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            reduce = None
-            if self.trainer.world_size > 1:
-                reduce = lambda x: self.trainer.strategy.reduce(x, reduce_op="mean")  # noqa: E731
-            info = self.sa.stage(self.sa_score_fn(batch, self.net, gen), gen, reduce)
-        finally:
-            self.net.train(was_training)
+        reduce = None
+        if self.trainer.world_size > 1:
+            reduce = lambda x: self.trainer.strategy.reduce(x, reduce_op="mean")  # noqa: E731
+        with self.sampling_mode(self.net) as net:
+            info = self.sa.stage(self.sa_score_fn(batch, net, gen), gen, reduce)
         self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
                        "sa/seconds_total": self.sa.seconds}, on_step=True, on_epoch=False)
         self.log_variational_scores()  # A only changes here, so it is logged here rather than every step

@@ -171,10 +171,7 @@ class TimeSeriesVSMD(VSMDModule):
         if d != self._target_dim or horizon < 1:
             raise ValueError(f"expected target (B, L, {self._target_dim}) and time features longer than it, got "
                              f"{tuple(target.shape)} and {tuple(time_feat.shape)}")
-        net = self.eval_net
-        was_training = net.training
-        net.eval()
-        try:
+        with self.sampling_mode(self.eval_net) as net:
             values, loc, scale = (x.repeat_interleave(s, 0) for x in self.scale(target, history))
             time_feat = time_feat.repeat_interleave(s, 0)
             _, state = net.encode(values, time_feat, torch.arange(self.max_lag, history, device=self.device))
@@ -187,8 +184,6 @@ class TimeSeriesVSMD(VSMDModule):
                                   len(cond), steps or h.sample_steps, gen, self.device)
                 values = torch.cat([values, self.process.split(res.state)[0][:, None]], dim=1)
                 nfe += res.nfe
-        finally:
-            net.train(was_training)
         out = values[:, history:] * scale + loc
         return out.reshape(b, s, horizon, d), nfe
 
@@ -235,8 +230,9 @@ class TimeSeriesVSMD(VSMDModule):
                       "sum aggregation (crps_sum = m_sum_mean_wQuantileLoss)",
                       "windows": len(out["samples"]), "num_samples": out["samples"].shape[1],
                       "prediction_length": out["samples"].shape[2], "target_dim": out["samples"].shape[3],
-                      "sampler": h.sampler, "sample_steps": h.sample_steps, "nfe_per_step": out["nfe"] // max(
-                          out["samples"].shape[2], 1), "nfe_per_path": out["nfe"], "sampling_seconds": out["seconds"],
+                      "sampler": h.sampler, "sample_steps": h.sample_steps,
+                      "nfe_per_step": out["nfe"] // out["samples"].shape[2], "nfe_per_path": out["nfe"],
+                      "sampling_seconds": out["seconds"],
                       "process": h.process, "beta": h.beta, "damping": h.damping, "scaling": h.scaling,
                       "context_length": self.context(self.prediction_length), "lags": self._lags,
                       "trained_steps": max(self.trained_steps, self.global_step), "forecasts": str(npz)}
