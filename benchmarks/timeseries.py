@@ -85,25 +85,17 @@ def naive_baseline(args) -> list[dict]:
 
 def throughput(config: str, n_steps: int, seed: int = 0) -> dict:
     """Training steps/s and forecast paths/s of a config's model on synthetic data of its dataset's shape."""
-    from gluonts.dataset.common import MetaData, TrainDatasets
-    from gluonts.dataset.jsonl import JsonLinesWriter
-    from gluonts.dataset.repository._util import metadata
-    import pandas as pd
-
+    from vsmd.datamodules.timeseries import write_materialised
     from vsmd.models import TimeSeriesVSMD
 
     cfg = yaml.safe_load((ROOT / config).read_text())
     margs, dargs = cfg["model"]["init_args"], cfg["data"]["init_args"]
-    d, h, windows, n_train = margs["target_dim"], 24, 7, 1200
-    rng = np.random.default_rng(seed)
-    values = np.abs(rng.normal(1, 0.3, (d, n_train + h * windows))).cumsum(1) / np.arange(1, n_train + h * windows + 1)
+    d, h = margs["target_dim"], 24
     with tempfile.TemporaryDirectory() as tmp:
-        start = pd.Period("2014-01-01 00:00", freq="h")
-        entries = lambda lens: [{"start": start, "target": values[i, :n], "item_id": i}  # noqa: E731
-                                for n in lens for i in range(d)]
-        TrainDatasets(metadata=MetaData(**metadata(cardinality=d, freq="h", prediction_length=h)),
-                      train=entries([n_train]), test=entries([n_train + h * k for k in range(1, windows + 1)])).save(
-            path_str=str(Path(tmp) / dargs["dataset"]), writer=JsonLinesWriter(), overwrite=True)
+        rng = np.random.default_rng(seed)
+        length = 1200 + 7 * h
+        values = np.abs(rng.normal(1, 0.3, (d, length))).cumsum(1) / np.arange(1, length + 1)
+        write_materialised(values, Path(tmp) / dargs["dataset"], "2014-01-01 00:00", "h", h, 7)
         dm = GluonTSDataModule(dataset=dargs["dataset"], data_dir=tmp, download=False,
                                batch_size=dargs["batch_size"], seed=seed)
         torch.manual_seed(seed)

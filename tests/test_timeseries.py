@@ -70,6 +70,12 @@ def test_materialised_layout(tmp_path: Path) -> None:
     assert w["forecast_start"] == ["2020-01-13 12:00", "2020-01-13 18:00"]  # steps 300 and 306 after the start
 
 
+def test_write_materialised_needs_training_steps(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="leave no training data for 2 windows of 6"):
+        tsdata.write_materialised(np.ones((3, 12)), tmp_path / "solar_nips", "2020-01-01 00:00", "h", 6, 2)
+    assert not (tmp_path / "solar_nips").exists()
+
+
 def test_windows_shapes_and_determinism(archive_dir) -> None:
     d, values = archive_dir
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vsmd.datamodules.timeseries import write_materialised
+
 
 def synthetic_series(n_series: int, length: int, seed: int = 0) -> np.ndarray:
     """Positive, correlated random walks with a weekly wave: (n_series, length) float64."""
@@ -50,20 +52,6 @@ def make_gp_copula_archive(data_dir: Path, n_train: int = 200, seed: int = 0) ->
 def make_materialised(data_dir: Path, name: str = "solar_nips", n_series: int = 5, n_train: int = 300,
                       h: int = 6, windows: int = 2, freq: str = "h", seed: int = 1) -> np.ndarray:
     """A materialised GluonTS dataset ``data_dir/name`` written with GluonTS's own writer."""
-    import pandas as pd
-    from gluonts.dataset.common import MetaData, TrainDatasets
-    from gluonts.dataset.jsonl import JsonLinesWriter
-    from gluonts.dataset.repository._util import metadata
-
     values = synthetic_series(n_series, n_train + h * windows, seed)
-    start = pd.Period("2020-01-01 00:00", freq=freq)
-
-    def entries(lengths):
-        return [{"start": start, "target": values[i, :n], "feat_static_cat": [i], "item_id": i}
-                for n in lengths for i in range(n_series)]
-
-    meta = MetaData(**metadata(cardinality=n_series, freq=freq, prediction_length=h))
-    TrainDatasets(metadata=meta, train=entries([n_train]),
-                  test=entries([n_train + h * k for k in range(1, windows + 1)])).save(
-        path_str=str(data_dir / name), writer=JsonLinesWriter(), overwrite=True)
+    write_materialised(values, data_dir / name, "2020-01-01 00:00", freq, h, windows)
     return values

@@ -94,6 +94,36 @@ def convert_gp_copula_archive(archive: Path, name: str, target: Path) -> Path:
     return target
 
 
+def write_materialised(values: np.ndarray, target: Path, start: str, freq: str, prediction_length: int,
+                       windows: int) -> Path:
+    """Write a (D, T) array as a materialised GluonTS dataset at ``target`` with GluonTS's own writer.
+
+    The train split is the first T - windows * prediction_length steps; test window k (1..windows) holds every
+    series up to T - (windows - k) * prediction_length steps, as in the GP-Copula datasets.
+    """
+    import pandas as pd
+    from gluonts.dataset.common import MetaData, TrainDatasets
+    from gluonts.dataset.jsonl import JsonLinesWriter
+    from gluonts.dataset.repository._util import metadata
+
+    n_series, length = values.shape
+    n_train = length - windows * prediction_length
+    if n_train < 1:
+        raise ValueError(f"{length} steps leave no training data for {windows} windows of {prediction_length}")
+    period = pd.Period(start, freq=freq)
+
+    def entries(lengths):
+        return [{"start": period, "target": values[i, :n], "feat_static_cat": [i], "item_id": i}
+                for n in lengths for i in range(n_series)]
+
+    meta = MetaData(**metadata(cardinality=n_series, freq=freq, prediction_length=prediction_length))
+    with _quiet():
+        TrainDatasets(metadata=meta, train=entries([n_train]),
+                      test=entries([n_train + prediction_length * k for k in range(1, windows + 1)])).save(
+            path_str=str(target), writer=JsonLinesWriter(), overwrite=True)
+    return target
+
+
 def _download(name: str, root: Path) -> None:
     """GluonTS's own download and materialisation, into a temporary folder moved into place when complete."""
     from gluonts.dataset.repository import get_dataset
@@ -181,10 +211,9 @@ def group(datasets, name: str) -> GroupedSeries:
     from gluonts.dataset.multivariate_grouper import MultivariateGrouper
     from gluonts.time_feature import time_features_from_frequency_str
 
-    freq, n_series, pred_len, _ = DATASETS[name]
     meta = datasets.metadata
-    freq = {"H": "h"}.get(meta.freq, meta.freq)
-    pred_len = meta.prediction_length or pred_len
+    freq = {"H": "h"}.get(meta.freq, meta.freq)  # old materialised folders spell hourly "H"
+    pred_len = meta.prediction_length or DATASETS[name][2]
     with _quiet():
         n_train = len(datasets.train)
         train = list(MultivariateGrouper(max_target_dim=n_train)(datasets.train))
@@ -275,13 +304,10 @@ class GluonTSDataModule(pl.LightningDataModule):
 
     @property
     def history(self) -> int:
-        model = getattr(self.trainer, "lightning_module", None) if self._trainer_attached() else None
+        model = self.trainer.lightning_module if self.trainer is not None else None
         if model is not None and hasattr(model, "window_history"):
             return int(model.window_history(self.prediction_length))
         return self.hparams.history or 2 * self.prediction_length + 1
-
-    def _trainer_attached(self) -> bool:
-        return getattr(self, "trainer", None) is not None
 
     def prepare_data(self) -> None:
         materialise(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
@@ -296,13 +322,11 @@ class GluonTSDataModule(pl.LightningDataModule):
                              "or the lags")
 
     def train_dataloader(self) -> DataLoader:
-        seed = self.hparams.seed + 7919 * self._rank()  # distinct streams under DDP
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        seed = self.hparams.seed + 7919 * rank  # distinct streams under DDP
         stream = _WindowStream(self.series, self.history, self.hparams.batch_size,
                                self.hparams.num_batches_per_epoch, seed)
         return StreamLoader(stream, batch_size=None)
-
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self._trainer_attached() else 0
 
     def val_dataloader(self) -> DataLoader:
         s, h = self.series, self.history
