@@ -50,7 +50,7 @@ class VSMDCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)  # reads only the hparams
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items()
                    if k not in EVAL_SETTINGS and k != "_instantiator"}
         if "_class_path" in hparams:
