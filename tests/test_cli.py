@@ -64,6 +64,13 @@ def test_test_writes_metrics(trained: Path) -> None:
     assert math.isfinite(out["metrics"]["rmse_pmf"]) and out["metrics"]["rmse_pmf"] > 0
     assert out["metrics"]["straightness_0"] >= 0 and out["metrics"]["straightness_1"] >= 0
     assert out["trained_steps"] == 20 and len(out["A_x"]) == 2
+    # The figure shows generated beside real samples; the arrays behind it are saved with it.
+    run = versions(save_dir)[-1]
+    assert (run / "test_samples.png").stat().st_size > 0
+    with np.load(run / "test_samples.npz") as f:
+        assert f["real"].shape == f["generated"].shape == (300, 2)
+        np.testing.assert_allclose(np.std(f["generated"], 0) / np.std(f["real"], 0),
+                                   [out["metrics"]["std_ratio_0"], out["metrics"]["std_ratio_1"]], rtol=1e-3)
 
 
 def test_predict_writes_samples(trained: Path) -> None:
@@ -71,6 +78,7 @@ def test_predict_writes_samples(trained: Path) -> None:
     main(["predict", *tiny(save_dir), "--ckpt_path", str(trained / "checkpoints" / "last.ckpt")])
     with np.load(versions(save_dir)[-1] / "samples.npz") as f:
         assert f["samples"].shape == (50, 2) and np.isfinite(f["samples"]).all()
+    assert (versions(save_dir)[-1] / "samples.png").stat().st_size > 0
 
 
 def test_saved_config_reproduces_the_run(trained: Path, tmp_path: Path) -> None:
@@ -108,6 +116,10 @@ def test_resume_continues_the_sa_schedule(trained: Path, tmp_path: Path) -> None
     (["--model.init_args.damping", "0"], r"damping ratio R must be in \(0, 1\]"),
     (["--model.init_args.process", "vsuld", "--model.init_args.damping", "1.0"], "needs damping ratio R < 1"),
     (["--model.init_args.data_dim", "3"], "data have dimension 2 but the model was built for data_dim=3"),
+    (["--model.init_args.sa_sampler", "rk4"], "sa_sampler must be one of"),
+    (["--model.init_args.rho_init", "ones"], "rho_init must be one of"),
+    (["--model.init_args.rho_init_kl", "0"], r"need rho_init_kl > 0 \(a KL budget in nats\)"),
+    (["--model.init_args.sa_points", "1"], "sa_points must be >= 2"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path: Path, capsys, override: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -143,7 +155,9 @@ class _PoisonedToy(Toy2DDataModule):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
-    model = ToyVSMD(hidden=16, depth=1, process="vsuld", damping=0.7, sa_every=2, sa_paths=8, sa_points=5)
+    # rho_init zero: the data-informed start would read the NaN batches at fit start (tested below).
+    model = ToyVSMD(hidden=16, depth=1, process="vsuld", damping=0.7, sa_every=2, sa_paths=8, sa_points=5,
+                    rho_init="zero")
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=3, save_top_k=-1)
     trainer = pl.Trainer(max_steps=20, callbacks=[ckpt_cb], logger=False, enable_progress_bar=False,
                          limit_val_batches=0, enable_model_summary=False)
@@ -152,3 +166,12 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_nan_data_stop_the_data_informed_start_with_a_clear_error(tmp_path: Path) -> None:
+    model = ToyVSMD(hidden=16, depth=1, process="vsuld", damping=0.7, rho_init="data")
+    trainer = pl.Trainer(max_steps=20, logger=False, enable_progress_bar=False, limit_val_batches=0,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="training data contain NaN or inf"):
+        trainer.fit(model, datamodule=_PoisonedToy(batch_size=32))
+    assert model.global_step == 0

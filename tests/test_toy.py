@@ -108,3 +108,17 @@ def test_wasserstein1d_against_the_closed_form_for_a_shift() -> None:
                                                                       dtype=torch.float64), rtol=0.05, atol=0)
     with pytest.raises(ValueError, match="equal shape"):
         wasserstein1d(x, x[:10])
+
+
+def test_samples_figure_puts_real_and_generated_on_the_same_axes() -> None:
+    from vsmd.plotting import samples_figure
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(500, 2, generator=g) * 2 - 1) * torch.tensor([1.0, 8.0])
+    fake = (torch.rand(500, 2, generator=g) * 2 - 1) * torch.tensor([0.9, 2.0])  # inside, squashed on y
+    fake[0] = torch.tensor([100.0, 0.0])
+    fig = samples_figure(real, fake, title="m")
+    left, right = fig.axes
+    assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    assert left.get_ylim()[1] == pytest.approx(float(real[:, 1].max()) * 1.05, rel=1e-6)
+    ratio = float(fake[:, 1].std() / real[:, 1].std())
+    assert f"y {ratio:.2f}" in right.get_title() and "1 outside" in right.get_title()

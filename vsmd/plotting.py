@@ -6,20 +6,31 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
 def samples_figure(real: Tensor | None, fake: Tensor, title: str = "", max_points: int = 3000):
-    """Scatter of generated 2-D samples, beside the real data when given, on the real data's axes."""
+    """Scatter of generated 2-D samples beside the real data when given, on the same axes: the real data's
+    range, so a squashed or spread-out model is visible at a glance. The generated panel's title gives the
+    per-axis std ratio (generated / real) and how many generated points fall outside the axes."""
     ncols = 1 if real is None else 2
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4), squeeze=False, sharex=True, sharey=True)
-    panels = ([("data", real)] if real is not None else []) + [(f"generated {title}".strip(), fake)]
-    for ax, (name, pts) in zip(axes[0], panels):
+    name = f"generated {title}".strip()
+    if real is not None:
+        real, fake = real.detach().double().cpu(), fake.detach().double().cpu()
+        lo, hi = real.min(0).values * 1.05, real.max(0).values * 1.05
+        ratio = fake.std(0) / real.std(0)
+        outside = int((~torch.isfinite(fake).all(1) | ((fake < lo) | (fake > hi)).any(1)).sum())
+        name += f"\nstd ratio x {float(ratio[0]):.2f}, y {float(ratio[1]):.2f}"
+        if outside:
+            name += f"; {outside} outside"
+    panels = ([("data", real)] if real is not None else []) + [(name, fake)]
+    for ax, (label, pts) in zip(axes[0], panels):
         pts = pts[:max_points]
         ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
-        ax.set_title(name)
+        ax.set_title(label, fontsize=9)
     if real is not None:
-        lo, hi = real.min(0).values * 1.05, real.max(0).values * 1.05
         axes[0, 0].set_xlim(float(lo[0]), float(hi[0]))
         axes[0, 0].set_ylim(float(lo[1]), float(hi[1]))
     fig.tight_layout()

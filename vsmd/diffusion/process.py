@@ -147,6 +147,61 @@ class ForwardProcess(nn.Module):
     def clamp_rho(self) -> None:
         self.rho.clamp_(RHO_MIN, RHO_MAX)
 
+    def prior_kl(self, mean: Tensor, var: Tensor, rho: Tensor | None = None) -> Tensor:
+        """Per-dimension KL(q_T || prior) in nats, for data with per-dimension ``mean`` and ``var`` (data_shape)
+        taken as Gaussian, at the variational scores ``rho`` (shape (..., *data_shape); default: the current).
+
+        q_T is the forward marginal at T: mean m phi and covariance P + s^2 phi phi^T, where phi is the
+        x0-column of the transition (p11, p21) (m_T for overdamped processes) and P the prior covariance
+        Sigma_{T|0} (spec section 3). With q = phi^T P^-1 phi,
+
+            KL = 1/2 [s^2 q - log(1 + s^2 q) + m^2 q].
+
+        It measures how much of the data is left at T: with the exact score, a sampler started from the prior
+        instead of q_T ends this far (in KL) from the data distribution (data processing inequality).
+        """
+        rho = self.rho.detach() if rho is None else rho
+        rho = rho.to(torch.float64)
+        big_b = self.schedule.integral(torch.tensor(self.t_max, dtype=torch.float64))
+        q = self._forgetting_q(big_b, rho)
+        s2q = var.to(q) * q
+        return 0.5 * (s2q - torch.log1p(s2q) + mean.to(q) ** 2 * q)
+
+    def _forgetting_q(self, big_b: Tensor, rho: Tensor) -> Tensor:
+        """phi^T P^-1 phi at T (see ``prior_kl``), float64, shape of rho."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forgetting_rho(self, mean: Tensor, var: Tensor, kl: float = 0.01, resolution: float = 0.01) -> Tensor:
+        """The data-informed start of A: per dimension, the smallest rho >= 0 such that ``prior_kl`` <= ``kl``
+        at rho and at every larger rho (on a grid of step ``resolution`` over [0, RHO_MAX]).
+
+        rho (omega = e^rho) is the speed of the forward transport. The energy of the forward policy,
+        E|z_f|^2 = g^2 E|A_x x + A_v v|^2, is 0 at A = 0 (rho = 0) and grows with |A| in both directions, so
+        this is the least-energy A for which the forward process forgets the data at T: the least-energy fixed
+        point of the SA (IPF) iteration on A. Data already forgotten at A = 0 keep rho = 0 (slowing the
+        transport down, rho < 0, does not save energy: A_x tends to 1/(2 gamma) as rho -> -inf). Under-damped
+        processes oscillate, so the KL is not monotone in rho; asking for every larger rho skips the windows
+        where an oscillation happens to cancel the data's trace. Dimensions that no rho within RHO_MAX makes
+        forget get RHO_MAX.
+        """
+        if not kl > 0:
+            raise ValueError(f"the KL budget of the data-informed start must be > 0, got {kl}")
+        if tuple(mean.shape) != self.data_shape or tuple(var.shape) != self.data_shape:
+            raise ValueError(f"data moments of shape {tuple(mean.shape)} / {tuple(var.shape)} do not match the "
+                             f"process's data shape {self.data_shape}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var >= 0).all()):
+            raise ValueError("data moments for the data-informed start of A must be finite with var >= 0; "
+                             "check the data for NaN/inf")
+        grid = torch.arange(0.0, RHO_MAX + resolution / 2, resolution, dtype=torch.float64)
+        shape = (len(grid), *self.data_shape)
+        rho = grid.reshape(-1, *([1] * len(self.data_shape))).expand(shape)
+        mean64, var64 = mean.detach().cpu().to(torch.float64), var.detach().cpu().to(torch.float64)
+        ok = self.prior_kl(mean64, var64, rho) <= kl                       # (G, *data_shape)
+        ok_above = ok.flip(0).cumprod(0).flip(0).bool()                     # ok here and at every larger rho
+        first = torch.where(ok_above.any(0), ok_above.to(torch.uint8).argmax(0), torch.tensor(len(grid) - 1))
+        return grid[first].to(self.rho.dtype).to(self.rho.device)
+
     # ----------------------------------------------------------------------------------------------
     # Sampling from the kernel and the prior.
     def perturb(self, x0: Tensor, t: Tensor, coeffs: dict[str, Tensor] | None = None,
@@ -196,6 +251,10 @@ class OverdampedProcess(ForwardProcess):
 
     def _rate(self) -> Tensor:
         return self.rho.detach().to(torch.float64).exp()
+
+    def _forgetting_q(self, big_b: Tensor, rho: Tensor) -> Tensor:
+        d = rho.exp()
+        return torch.exp(-big_b * d) * d / (-torch.expm1(-big_b * d))
 
     def diffusion_sq(self, t: Tensor) -> Tensor:
         return self.beta(t)
@@ -262,9 +321,10 @@ class MomentumProcess(ForwardProcess):
         self.gamma, self.damping = float(gamma), float(damping)
         self.init_velocity, self.v0_var = init_velocity, float(v0_var)
 
-    def drift_params(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(omega, c, kappa) per dimension in float64, from rho through the damping transform."""
-        rho = self.rho.detach().to(torch.float64)
+    def drift_params(self, rho: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(omega, c, kappa) per dimension in float64, from rho (default: the current) through the damping
+        transform."""
+        rho = (self.rho.detach() if rho is None else rho).to(torch.float64)
         omega = rho.exp()
         kappa = (2 * math.sqrt(self.damping) / self.gamma) * (rho / 2).exp()
         return omega, self.gamma * kappa, kappa
@@ -281,6 +341,13 @@ class MomentumProcess(ForwardProcess):
 
     def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
         return (coeffs or self.coefficients(t))["lvv"]
+
+    def _forgetting_q(self, big_b: Tensor, rho: Tensor) -> Tensor:
+        omega, c, kappa = self.drift_params(rho)
+        phi = kernel.transition(big_b, omega, c)
+        sxx, sxv, svv = kernel.covariance(phi, omega, kappa, self.v0_var)  # the prior: Sigma_0 = diag(0, s^2)
+        p11, p21 = phi[0], phi[2]
+        return (svv * p11**2 - 2 * sxv * p11 * p21 + sxx * p21**2) / (sxx * svv - sxv**2)
 
     def variational_scores(self) -> tuple[Tensor, Tensor]:
         omega, _, kappa = self.drift_params()

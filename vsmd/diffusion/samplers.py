@@ -72,11 +72,13 @@ def splitting(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tens
 
 def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
          generator: torch.Generator | None = None, return_trajectory: bool = False,
-         progress: bool = False, final_euler_to_zero: bool = True) -> SampleResult:
+         progress: bool = False, final_euler_to_zero: bool = True,
+         on_state: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> SampleResult:
     """Heun (2nd order) on the probability-flow ODE (Karras et al. 2022), deterministic.
 
     With ``final_euler_to_zero`` an Euler step from the last grid time to t = 0 follows (VSMD code); on the
-    default grid of n points that is NFE = 2n - 1.
+    default grid of n points that is NFE = 2n - 1. ``on_state(a, t, score)`` is called with each state on the
+    grid and its score (not with the Euler predictor states), so callers can record the path for free.
     """
     del generator  # deterministic
     if final_euler_to_zero:
@@ -85,13 +87,16 @@ def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
     nfe = 0
     n_steps = len(times) - 1
 
-    def drift(state: Tensor, t: float) -> Tensor:
+    def drift(state: Tensor, t: float, on_grid: bool = False) -> Tensor:
         tb = torch.full((state.shape[0],), t, device=state.device)
-        return process.reverse_drift(state, tb, score_fn(state, tb), probability_flow=True)
+        score = score_fn(state, tb)
+        if on_grid and on_state is not None:
+            on_state(state, tb, score)
+        return process.reverse_drift(state, tb, score, probability_flow=True)
 
     for k, (t, t_next) in enumerate(_steps(times, progress, "Heun sampling")):
         h = t - t_next
-        d = drift(a, t)
+        d = drift(a, t, on_grid=True)
         nfe += 1
         a_next = a + h * d
         if not (final_euler_to_zero and k == n_steps - 1):

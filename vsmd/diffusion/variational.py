@@ -24,9 +24,10 @@ import torch
 from torch import Tensor
 
 from vsmd.diffusion.process import ForwardProcess
-from vsmd.diffusion.samplers import ScoreFn, euler_maruyama
+from vsmd.diffusion.samplers import ScoreFn, euler_maruyama, heun
 
 ZB_MODES = ("full_score", "fbsde")
+SA_SAMPLERS = ("em", "heun")
 
 
 @dataclass
@@ -43,19 +44,37 @@ class Trajectories:
 
 @torch.no_grad()
 def simulate(process: ForwardProcess, score_fn: ScoreFn, n_paths: int, n_points: int,
-             generator: torch.Generator | None = None, device=None) -> Trajectories:
-    """K backward Euler-Maruyama paths from the prior N(0, Sigma_T(A)) on ``n_points`` times T..t_eps."""
+             generator: torch.Generator | None = None, device=None, sampler: str = "em") -> Trajectories:
+    """K backward paths from the prior N(0, Sigma_T(A)) on ``n_points`` times T..t_eps.
+
+    ``sampler="em"``: Euler-Maruyama on the backward SDE (VSMD code), states at the first n_points - 1 times.
+    ``sampler="heun"``: Heun on the probability-flow ODE, states at the first n_points - 1 grid times (the
+    Euler predictor states are not recorded), NFE 2 n_points - 3. The SA loss is a sum over times of
+    expectations under the backward marginals, and the PF-ODE has the same marginals as the backward SDE,
+    so both estimate the same loss. Heun is second order where EM is first order: with 100 EM points the
+    time-discretisation bias moves the fbsde stage optimum by about +0.05 in rho per stage even with the
+    exact score, which is the upward drift of A under fbsde (benchmarks/results/sa_analysis.md).
+    """
+    if sampler not in SA_SAMPLERS:
+        raise ValueError(f"the SA sampler must be one of {SA_SAMPLERS}, got {sampler!r}")
     states, scores, times = [], [], []
 
-    def recording(a: Tensor, t: Tensor) -> Tensor:
-        s = score_fn(a, t)
+    def record(a: Tensor, t: Tensor, s: Tensor) -> None:
         states.append(a)
         scores.append(s)
         times.append(t[0])
+
+    def recording(a: Tensor, t: Tensor) -> Tensor:
+        s = score_fn(a, t)
+        record(a, t, s)
         return s
 
     grid = process.time_grid(n_points, device=device)
-    euler_maruyama(process, recording, process.prior_sample(n_paths, generator, device), grid, generator)
+    prior = process.prior_sample(n_paths, generator, device)
+    if sampler == "em":
+        euler_maruyama(process, recording, prior, grid, generator)
+    else:
+        heun(process, score_fn, prior, grid, final_euler_to_zero=False, on_state=record)
     alpha, nu = process.variational_scores()
     return Trajectories(torch.stack(states), torch.stack(scores), torch.stack(times),
                         float(grid[0] - grid[1]), alpha, nu)
@@ -148,9 +167,11 @@ class VariationalScoreSA:
 
     def __init__(self, process: ForwardProcess, lr: float = 1e-2, n_steps: int = 5, n_paths: int = 256,
                  n_points: int = 100, zb_mode: str = "full_score", zeta: float = 1.0, lr_decay: float = 0.99,
-                 lr_decay_every: int = 100, clip: float = 1.0) -> None:
+                 lr_decay_every: int = 100, clip: float = 1.0, sampler: str = "em") -> None:
         if zb_mode not in ZB_MODES:
             raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
+        if sampler not in SA_SAMPLERS:
+            raise ValueError(f"the SA sampler must be one of {SA_SAMPLERS}, got {sampler!r}")
         for name, val in (("lr", lr), ("lr_decay", lr_decay)):
             if not val > 0:
                 raise ValueError(f"{name} must be > 0, got {val}")
@@ -161,7 +182,7 @@ class VariationalScoreSA:
             raise ValueError(f"n_points must be >= 2, got {n_points}")
         self.process = process
         self.n_steps, self.n_paths, self.n_points = n_steps, n_paths, n_points
-        self.zb_mode, self.zeta, self.clip = zb_mode, zeta, clip
+        self.zb_mode, self.zeta, self.clip, self.sampler = zb_mode, zeta, clip, sampler
         self.optimizer = torch.optim.Adam([process.rho], lr=lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, lr_decay_every, lr_decay)
         self.stages = 0
@@ -177,7 +198,8 @@ class VariationalScoreSA:
         """One SA stage; returns the loss before/after and the gradient norm of its first step."""
         start = time.perf_counter()
         p = self.process
-        traj = simulate(p, score_fn, self.n_paths, self.n_points, generator, device=p.rho.device)
+        traj = simulate(p, score_fn, self.n_paths, self.n_points, generator, device=p.rho.device,
+                        sampler=self.sampler)
         stats = SAStats.from_trajectories(p, traj, self.zb_mode, self.zeta)
         if reduce is not None:
             stats = stats.reduce(reduce)

@@ -13,6 +13,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
+from vsmd.diffusion.variational import SA_SAMPLERS
+
+RHO_INITS = ("data", "zero")
 
 
 def _warmup_ema(decay: float):
@@ -47,14 +50,25 @@ class VSMDModule(pl.LightningModule):
         sa_every: N_b, score-network steps between two SA stages on A.
         sa_steps: N_f, A-steps per SA stage (on one cache of simulated backward paths).
         sa_paths: K, backward paths simulated per SA stage.
-        sa_points: time points of the Euler-Maruyama backward simulation (100 in the VSMD code).
+        sa_points: time points of the backward simulation (None: 100 for "em", as the VSMD code, and 50 for
+            "heun", the same number of network calls).
+        sa_sampler: how the SA stage simulates backward paths: "heun" (probability-flow ODE: the same
+            marginals, second order, no drift of A from discretisation bias) or "em" (Euler-Maruyama on the
+            backward SDE, VSMD code).
         sa_lr: step size of the A optimiser (Adam).
         sa_lr_decay: multiply the A step size by this ...
         sa_lr_decay_every: ... every this many A-steps.
         sa_warmup: A is frozen for the first this-many network steps.
         sa_cooldown: A is frozen for the last this-many network steps (needs trainer.max_steps).
-        zb_mode: backward policy in the SA loss: "full_score" (VSMD code) or "fbsde" (paper Eq. 13).
+        zb_mode: backward policy in the SA loss: "fbsde" (paper Eq. 13: its fixed points are the A for which
+            the forward process forgets the data) or "full_score" (VSMD code: it pulls A back towards 0).
         zeta: weight of the cross term z_f . z_b.
+        rho_init: start of A: "data" (at the start of fit, per dimension the least-energy A for which the
+            forward process forgets the data at T, from the training data's mean and variance) or "zero"
+            (A = 0, the paper).
+        rho_init_kl: the KL budget (nats per dimension) of "forgets" in rho_init "data": the KL between the
+            forward marginal at T and the prior, with the data taken as Gaussian.
+        rho_init_samples: training samples the data moments for rho_init "data" are computed on.
         sampler: evaluation sampler: "heun" (probability-flow ODE), "sscs" (splitting SDE), "em".
         sample_steps: grid points of the evaluation sampler.
         seed: seed of the SA simulations and evaluation sampling (independent of training randomness).
@@ -79,14 +93,18 @@ class VSMDModule(pl.LightningModule):
         sa_every: int = 100,
         sa_steps: int = 5,
         sa_paths: int = 256,
-        sa_points: int = 100,
+        sa_points: int | None = None,
+        sa_sampler: str = "heun",
         sa_lr: float = 1e-2,
         sa_lr_decay: float = 0.99,
         sa_lr_decay_every: int = 100,
         sa_warmup: int = 0,
         sa_cooldown: int = 0,
-        zb_mode: str = "full_score",
+        zb_mode: str = "fbsde",
         zeta: float = 1.0,
+        rho_init: str = "data",
+        rho_init_kl: float = 0.01,
+        rho_init_samples: int = 4096,
         sampler: str = "heun",
         sample_steps: int = 50,
         seed: int = 0,
@@ -96,6 +114,15 @@ class VSMDModule(pl.LightningModule):
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if zb_mode not in ZB_MODES:
             raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
+        if sa_sampler not in SA_SAMPLERS:
+            raise ValueError(f"sa_sampler must be one of {SA_SAMPLERS}, got {sa_sampler!r}")
+        if rho_init not in RHO_INITS:
+            raise ValueError(f"rho_init must be one of {RHO_INITS}, got {rho_init!r}")
+        if not rho_init_kl > 0 or rho_init_samples < 2:
+            raise ValueError(f"need rho_init_kl > 0 (a KL budget in nats) and rho_init_samples >= 2, got "
+                             f"{rho_init_kl} and {rho_init_samples}")
+        if sa_points is not None and sa_points < 2:
+            raise ValueError(f"sa_points must be >= 2, got {sa_points}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if not 0 <= ema_decay < 1:
@@ -114,8 +141,11 @@ class VSMDModule(pl.LightningModule):
             else:
                 self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             self.net_ema.requires_grad_(False)
+        if sa_points is None:
+            sa_points = 100 if sa_sampler == "em" else 50
         self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,
-                                      sa_lr_decay_every) if self.process.adaptive else None)
+                                      sa_lr_decay_every, sampler=sa_sampler) if self.process.adaptive else None)
+        self._rho_initialised = False  # set once the data-informed start is done or a checkpoint is loaded
         self._sa_done_at = -1  # global step of the last SA stage (guards against a double stage)
         self.trained_steps = 0  # optimizer steps of the loaded checkpoint (reported by test/predict)
 
@@ -133,6 +163,10 @@ class VSMDModule(pl.LightningModule):
     def batch_loss(self, batch: Any, net: nn.Module) -> Tensor:
         """The score loss of a batch (conditional tasks encode their condition here)."""
         return self.score_loss(self.batch_to_x0(batch), net)
+
+    def stats_x0(self, batch: Any) -> Tensor:
+        """The data x0 (B, *data_shape) of a training batch, for the data moments of rho_init "data"."""
+        return self.batch_to_x0(batch)
 
     def sa_score_fn(self, batch: Any, net: nn.Module, generator: torch.Generator):
         """The score function the SA stage simulates backward paths with (conditional tasks pick conditions)."""
@@ -221,6 +255,52 @@ class VSMDModule(pl.LightningModule):
             self.net_ema.update_parameters(self.net)
 
     # ----------------------------------------------------------------------------------------------
+    # The data-informed start of A.
+    @torch.no_grad()
+    def data_moments(self) -> tuple[Tensor, Tensor]:
+        """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples,
+        averaged over DDP ranks."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            raise RuntimeError("rho_init 'data' needs a DataModule to compute the data moments; pass one to "
+                               "fit, or set model rho_init: zero")
+        n, s1, s2 = 0, 0.0, 0.0
+        for batch in dm.train_dataloader():
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            x0 = self.stats_x0(batch).to(torch.float64)
+            n, s1, s2 = n + len(x0), s1 + x0.sum(0), s2 + (x0 * x0).sum(0)
+            if n >= self.hparams.rho_init_samples:
+                break
+        if n < 2:
+            raise RuntimeError("rho_init 'data': the training data gave fewer than 2 samples")
+        mean, second = s1 / n, s2 / n
+        if self.trainer.world_size > 1:
+            mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+            second = self.trainer.strategy.reduce(second, reduce_op="mean")
+        if not (torch.isfinite(mean).all() and torch.isfinite(second).all()):
+            raise ValueError("the training data contain NaN or inf: the data moments for rho_init 'data' are not "
+                             "finite; check the data")
+        return mean, (second - mean * mean).clamp_min(0.0)
+
+    def on_fit_start(self) -> None:
+        h = self.hparams
+        if self.sa is None or h.rho_init != "data" or self._rho_initialised:
+            return
+        mean, var = self.data_moments()
+        rho = self.process.forgetting_rho(mean, var, h.rho_init_kl)
+        self.process.rho.data.copy_(rho)
+        self._rho_initialised = True
+        if rho.numel() <= 16:
+            desc = "[" + ", ".join(f"{float(r):.2f}" for r in rho.flatten()) + "]"
+        else:
+            desc = f"min {float(rho.min()):.2f}, mean {float(rho.mean()):.2f}, max {float(rho.max()):.2f}"
+        self.print(f"data-informed start of A (rho_init data, KL budget {h.rho_init_kl} nats per dimension): "
+                   f"rho = {desc}")
+        values = self.variational_scores_dict()
+        if values and self.logger is not None:  # outside a training step: straight to the logger
+            self.logger.log_metrics(values, step=self.global_step)
+
+    # ----------------------------------------------------------------------------------------------
     # SA stages on A. They run at the start of a step so that a checkpoint written at the end of step S (by
     # ModelCheckpoint, before any module hook) resumes into the stage that step S + 1 begins with.
     def sa_due(self, step: int) -> bool:
@@ -246,15 +326,22 @@ class VSMDModule(pl.LightningModule):
                        "sa/seconds_total": self.sa.seconds}, on_step=True, on_epoch=False)
         self.log_variational_scores()  # A only changes here, so it is logged here rather than every step
 
-    def log_variational_scores(self) -> None:
-        """Log A per dimension (low-dimensional data); tasks with many dimensions override this."""
+    def variational_scores_dict(self) -> dict[str, float]:
+        """rho, A_x and A_v per dimension for logging (empty for more than 16 dimensions)."""
         alpha, nu = self.process.variational_scores()
         if alpha.numel() > 16:
-            return
-        values = {f"A_x/{i}": float(v) for i, v in enumerate(alpha.flatten())}
+            return {}
+        values = {f"rho/{i}": float(v) for i, v in enumerate(self.process.rho.detach().flatten())}
+        values |= {f"A_x/{i}": float(v) for i, v in enumerate(alpha.flatten())}
         if nu is not None:
             values |= {f"A_v/{i}": float(v) for i, v in enumerate(nu.flatten())}
-        self.log_dict(values, on_step=True, on_epoch=False)
+        return values
+
+    def log_variational_scores(self) -> None:
+        """Log A per dimension (low-dimensional data); tasks with many dimensions override this."""
+        values = self.variational_scores_dict()
+        if values:
+            self.log_dict(values, on_step=True, on_epoch=False)
 
     # ----------------------------------------------------------------------------------------------
     # Checkpoint: the SA optimiser, its schedule and counters (rho itself is in the state_dict).
@@ -264,6 +351,7 @@ class VSMDModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
+        self._rho_initialised = True  # rho comes from the checkpoint
         if self.sa is not None and "vsmd_sa" in checkpoint:
             self.sa.load_state_dict(checkpoint["vsmd_sa"])
             self._sa_done_at = int(checkpoint["vsmd_sa"].get("done_at", -1))

@@ -120,6 +120,9 @@ class ImageVSMD(VSMDModule):
             net = self._compiled[0]
         return self.score_loss(x, net, y if self.hparams.num_classes else None)
 
+    def stats_x0(self, batch: Any) -> Tensor:
+        return batch[0]
+
     def sa_score_fn(self, batch: Any, net: nn.Module, generator: torch.Generator):
         labels = self._labels(self.hparams.sa_paths, generator)
         return lambda a, t: self.score(a, t, net, labels)

@@ -139,6 +139,12 @@ class TimeSeriesVSMD(VSMDModule):
         cond, _ = net.encode(values, time_feat, positions)
         return values[:, self.max_lag:].flatten(0, 1), cond.flatten(0, 1)
 
+    def stats_x0(self, batch: dict[str, Tensor]) -> Tensor:
+        """The scaled values the score network models (what _conditions returns as x0), without the RNN."""
+        target = batch["target"]
+        values, _, _ = self.scale(target, target.shape[1] - self.prediction_length)
+        return values[:, self.max_lag:].flatten(0, 1)
+
     def batch_loss(self, batch: dict[str, Tensor], net: nn.Module) -> Tensor:
         x0, cond = self._conditions(batch, net)
         return self.score_loss(x0, net, cond)

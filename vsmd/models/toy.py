@@ -36,6 +36,7 @@ class ToyVSMD(VSMDModule):
         self._data_dim, self._hidden, self._depth = data_dim, hidden, depth
         super().__init__(**kwargs)
         self._test: dict[str, Any] = {}
+        self._test_figure: tuple[Tensor, Tensor] | None = None
         self._predicted: list[Tensor] = []
 
     def data_shape(self) -> tuple[int, ...]:
@@ -94,15 +95,20 @@ class ToyVSMD(VSMDModule):
                       "process": h.process, "beta": h.beta, "damping": h.damping,
                       "trained_steps": max(self.trained_steps, self.global_step)}
         self._test |= self.variational_summary()
+        self._test_figure = (real.cpu(), fake.cpu()) if self._data_dim == 2 else None
         tb = self.tensorboard()
-        if tb is not None and self._data_dim == 2:
-            tb.add_figure("test/samples", samples_figure(real.cpu(), fake.cpu(), title=h.process), self.global_step)
+        if tb is not None and self._test_figure is not None:
+            tb.add_figure("test/samples", samples_figure(*self._test_figure, title=h.process), self.global_step)
 
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
             return
         path = self.run_dir() / "test_metrics.json"
         path.write_text(json.dumps(self._test, indent=2) + "\n")
+        if self._test_figure is not None:
+            self._save_samples_png(*self._test_figure, self.run_dir() / "test_samples.png")
+            np.savez(self.run_dir() / "test_samples.npz", real=self._test_figure[0].numpy(),
+                     generated=self._test_figure[1].numpy())
         lines = [f"  {k:<16} {v:.6g}" for k, v in self._test["metrics"].items()]
         print("\n".join([f"test metrics ({self._test['sampler']}, NFE {self._test['nfe']}, "
                          f"{self._test['sampling_seconds']:.2f} s):", *lines, f"written to {path}"]))
@@ -124,7 +130,14 @@ class ToyVSMD(VSMDModule):
         np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
                  sample_steps=self.hparams.sample_steps)
         if x.shape[1] == 2:
-            fig = samples_figure(None, torch.from_numpy(x), title=self.hparams.process)
-            fig.savefig(out / "samples.png", dpi=120)
-            plt.close(fig)
+            dm = getattr(self.trainer, "datamodule", None)
+            real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
+            self._save_samples_png(real, torch.from_numpy(x), out / "samples.png")
         print(f"wrote {len(x)} samples to {out / 'samples.npz'}")
+
+    def _save_samples_png(self, real: Tensor | None, fake: Tensor, path) -> None:
+        """Generated samples beside real ones on the same axes (the real data's range), as a PNG."""
+        h = self.hparams
+        fig = samples_figure(real, fake, title=f"{h.process}-{h.beta:g}, {h.sampler} {h.sample_steps}")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
