@@ -177,8 +177,9 @@ def main() -> None:
                     help="run folders (outside the repository)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "timeseries")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>.json")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch "
                           f"{torch.__version__}", "steps": args.steps, "runs": [], "naive": [], "throughput": []}
     if args.resume and args.out.with_suffix(".json").is_file():
