@@ -93,7 +93,7 @@ def test_flip_is_random_per_draw(tmp_path: Path) -> None:
 
 def test_wrong_image_size(tmp_path: Path) -> None:
     dm = ImageDataModule(source="folder", root=str(make_folder(tmp_path, size=28)), num_workers=0)
-    with pytest.raises(ValueError, match=r"are \(3, 28, 28\).*needs 32x32"):
+    with pytest.raises(ValueError, match=r"is 28x28 but the model needs 32x32"):
         dm.setup()
 
 

@@ -2,79 +2,348 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch  # noqa: E402
 from lightning.pytorch import LightningDataModule  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.plugins import CheckpointIO  # noqa: E402
 
 import vsmd.datamodules  # noqa: E402,F401  (registers the DataModules for class_path short names)
+from vsmd.checkpointing import AtomicCheckpointIO, CheckpointWriteError, FinalCheckpoint, newest_checkpoint  # noqa: E402
 from vsmd.models import VSMDModule  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
+UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing or cannot be read."""
 
 
-def check_checkpoint(path: str | os.PathLike) -> None:
-    """Fail early, with what to do, when a checkpoint is missing, unreadable or not a Lightning checkpoint."""
+LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
+
+
+def _other_checkpoints(p: Path) -> str:
+    """Resume advice: the newest loadable checkpoint of the run that ``p`` belongs to."""
+    for d in (p.parent, p.parent.parent):
+        newest = newest_checkpoint(d) if d.name and d.is_dir() else None
+        if newest and newest[0].resolve() != p.resolve():
+            return (f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as "
+                    "--ckpt_path")
+    return "use another checkpoint of the run (under <run>/checkpoints/)"
+
+
+def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
+    """Fail early, with what to do, when a checkpoint is missing, damaged, unsafe or not a Lightning checkpoint.
+
+    Every checkpoint vsmd loads passes here: a zip whose CRCs all match (bit rot would otherwise load and give
+    NaN metrics), loadable with ``weights_only=True`` (no pickled code), with Lightning's keys.
+    """
     p = Path(path)
+    if p.is_dir():
+        newest = newest_checkpoint(p)
+        hint = (f"the newest loadable one there is {newest[0]} (step {newest[1]})" if newest
+                else "it holds no loadable checkpoint")
+        raise CheckpointError(f"--ckpt_path {p} is a folder; pass a checkpoint file: {hint}")
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p} (look under <run>/checkpoints/, e.g. last.ckpt)")
+        raise CheckpointError(f"checkpoint not found: {p} ({_other_checkpoints(p)})")
+    if not zipfile.is_zipfile(p):
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):
+            raise CheckpointError(f"checkpoint {p} is truncated (it starts like a checkpoint but its end is missing, "
+                                  f"e.g. a copy or write that was cut off); {_other_checkpoints(p)}")
+        if head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{p} is in PyTorch's legacy (non-zip) format, which vsmd does not load because it cannot be checked "
+                "for pickled code. If you trust the file, convert it once: python -c "
+                f"\"import torch; torch.save(torch.load('{p}', weights_only=False), 'converted.ckpt')\"")
+        raise CheckpointError(f"{p} is not a checkpoint (torch.save writes a zip archive; this file is not one); "
+                              "pass a .ckpt written by vsmd fit")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"checkpoint {p} is corrupt ({err}); {_other_checkpoints(p)}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {p} is corrupt: the data of {bad} fails its CRC check (a damaged copy or "
+                              f"bit rot); {_other_checkpoints(p)}")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {p} is corrupt or not a PyTorch file ({type(err).__name__}: {err}); "
-                              "use another checkpoint of the run, e.g. last.ckpt or an earlier step") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by vsmd fit")
+    except pickle.UnpicklingError as err:
+        why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {p} holds objects other than tensors and plain data, which vsmd does not "
+                              f"load (pickled code could run): {why}") from None
+    except Exception as err:  # torch raises several types for damaged archives
+        raise CheckpointError(f"checkpoint {p} is corrupt ({type(err).__name__}: {err}); "
+                              f"{_other_checkpoints(p)}") from None
+    missing = [k for k in LIGHTNING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{p} is not a Lightning checkpoint (no {', '.join(repr(k) for k in missing)}); pass a "
+                              ".ckpt written by vsmd fit")
+    if resume and not all(k in ckpt for k in ("optimizer_states", "loops")):
+        raise CheckpointError(f"{p} has the weights but not the training state (optimizer, loops) needed to resume "
+                              "fit; it can be used with vsmd test/predict, or to start a new fit from scratch")
 
 
-# Evaluation settings: for validate/test/predict with --ckpt_path, these come from the config and command line,
-# not from the checkpoint (Lightning lets a checkpoint's hyper-parameters override both, which would silently
-# ignore e.g. --model.init_args.sample_steps 50). Everything else (architecture, process) must match the
-# weights and still comes from the checkpoint.
+# Settings that may differ from a checkpoint's. Evaluation settings (for every subcommand) and training settings
+# (for fit --ckpt_path, where they take effect on resume: the optimisers' step sizes included) come from the
+# config and command line. Every other model option (the process, the network's shape) fixes what the weights
+# mean: it comes from the checkpoint, and a different value on the command line is an error for fit and a
+# printed note for validate/test/predict. Lightning alone would let the checkpoint's values silently win.
 EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
                  "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile"}
+TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "sa_every", "sa_steps", "sa_paths",
+                  "sa_points", "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown",
+                  "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",
+                  "lr_decay", "lr_decay_every"}
+# DataModule options that define the data (the rest, such as batch sizes and folders, may change).
+DATA_DEFINING = {"dataset", "stretch", "history", "source", "image_size"}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _split(hparams: dict) -> tuple[str | None, dict]:
+    h = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    return h.pop("_class_path", None), h
+
+
+def _given(node) -> tuple[str | None, dict]:
+    """(class_path, init_args as a dict) of a model or data entry of the parsed config."""
+    if node is None:
+        return None, {}
+    d = node.as_dict() if hasattr(node, "as_dict") else dict(node)
+    return d.get("class_path"), dict(d.get("init_args") or {}) | dict(d.get("dict_kwargs") or {})
+
+
+class VSMDArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with short errors: the problem, not a 50-line usage block and a dump of the input."""
+
+    _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes: [", "Expected a <class 'NoneType'>",
+              "Given value type:", "Given value:", "Errors:")
+
+    def print_usage(self, file=None) -> None:
+        print(f"usage: {self.prog.replace(' [options]', '')} [options]", file=file or sys.stderr)
+
+    def error(self, message: str, ex: Exception | None = None):
+        lines = [ln for ln in str(message).splitlines() if not any(n in ln for n in self._NOISE)]
+        return super().error("\n".join(lines), ex)
 
 
 class VSMDCLI(LightningCLI):
+    def _instantiate_trainer(self, config, callbacks):
+        # Atomic checkpoint writes and a last.ckpt at the final step, unless the user brought their own CheckpointIO.
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, [*callbacks, FinalCheckpoint()])
+
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
         ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)  # reads only the hparams
-        hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items()
-                   if k not in EVAL_SETTINGS and k != "_instantiator"}
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        if hparams:
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        cls, hparams = _split(ckpt.get("hyper_parameters", {}))
+        data_cls, data_hparams = _split(ckpt.get("datamodule_hyper_parameters", {}))
+        given_cls, given = _given(self.config[sub].get("model"))
+        given_data_cls, given_data = _given(self.config[sub].get("data"))
+        hint = f"(use the run's own config: --config {Path(ckpt_path).resolve().parent.parent / 'config.yaml'})"
+        if cls and given_cls and cls.rsplit(".", 1)[-1] != given_cls.rsplit(".", 1)[-1]:
+            raise CheckpointError(f"{ckpt_path} holds a {cls.rsplit('.', 1)[-1]} model but the config asks for "
+                                  f"{given_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
+        if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
+            raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
+                                  f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
+        for k in sorted(DATA_DEFINING & data_hparams.keys() & given_data.keys()):
+            if not _same(data_hparams[k], given_data[k]):
+                raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
+                                      f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
+        keep = EVAL_SETTINGS | (TRAIN_SETTINGS if sub == "fit" else set())
+        fixed = {k: v for k, v in hparams.items() if k not in keep}
+        differ = [k for k in sorted(fixed) if k in given and not _same(fixed[k], given[k])]
+        if differ and sub == "fit":
+            both = "; ".join(f"{k}: checkpoint {fixed[k]!r}, config {given[k]!r}" for k in differ)
+            raise CheckpointError(f"fit --ckpt_path cannot change what the weights mean ({both}). Resume with the "
+                                  f"checkpoint's values {hint}, or start a new fit without --ckpt_path.")
+        if differ:
+            both = ", ".join(f"{k} {fixed[k]!r} (config {given[k]!r})" for k in differ)
+            print(f"vsmd: from the checkpoint: {both}", file=sys.stderr)
+        if fixed:
+            self.config = self.parser.parse_object({sub: {"model": {"class_path": cls or given_cls,
+                                                                    "dict_kwargs": fixed}}}, self.config)
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
+        if sub:
+            _check_trainer(self.config[sub].get("trainer") or {})
         ckpt = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt and str(ckpt) not in _CKPT_KEYWORDS:
-            check_checkpoint(ckpt)
+        if sub in ("validate", "test", "predict"):
+            if ckpt == UNTRAINED:
+                self.config[sub]["ckpt_path"] = None  # asked for explicitly: evaluate the freshly initialised network
+                return
+            if not ckpt:
+                raise CheckpointError(
+                    f"vsmd {sub} needs --ckpt_path: the checkpoint to evaluate, e.g. "
+                    "runs/<name>/version_N/checkpoints/last.ckpt (without it the untrained network would be "
+                    f"scored). To evaluate the untrained network on purpose, pass --ckpt_path {UNTRAINED}.")
+        if ckpt and str(ckpt) in _CKPT_KEYWORDS:
+            ckpt = self._resolve_keyword(sub, str(ckpt))
+            self.config[sub]["ckpt_path"] = ckpt
+        if ckpt:
+            check_checkpoint(ckpt, resume=sub == "fit")  # every load, keywords included, passes this check
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub:
+            _reserve_run_folder(self.config[sub].get("trainer") or {})
+
+    def _resolve_keyword(self, sub: str, keyword: str) -> str:
+        """Lightning's checkpoint keywords would skip the check above: ``last`` becomes the newest loadable
+        checkpoint of the newest run folder of the configured logger; the others are refused."""
+        if keyword != "last":
+            raise CheckpointError(f"--ckpt_path {keyword} is not supported by vsmd; pass the checkpoint file, e.g. "
+                                  "runs/<name>/version_N/checkpoints/last.ckpt")
+        logger = self.config[sub].get("trainer", {}).get("logger")
+        init = getattr(logger, "init_args", None) if logger is not None and not isinstance(logger, bool) else None
+        root = Path(str(init.get("save_dir", "runs")), str(init.get("name", "") or "")) if init is not None else None
+        runs = sorted(root.glob("version_*"), key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1]
+                      .isdigit() else -1, reverse=True) if root is not None and root.is_dir() else []
+        for run in runs:
+            newest = newest_checkpoint(run)
+            if newest:
+                print(f"--ckpt_path last: using {newest[0]} (step {newest[1]})", file=sys.stderr)
+                return str(newest[0])
+        raise CheckpointError(f"--ckpt_path last: no loadable checkpoint under {root or 'the logger folder'}; "
+                              "pass the checkpoint file")
+
+
+def _logger_args(trainer: dict) -> dict | None:
+    """The init_args of a TensorBoard/CSV logger in the parsed trainer config (None for another or no logger)."""
+    logger = trainer.get("logger")
+    if logger is None or isinstance(logger, (bool, list)) or not hasattr(logger, "get"):
+        return None
+    if str(logger.get("class_path", "")).rsplit(".", 1)[-1] not in ("TensorBoardLogger", "CSVLogger"):
+        return None
+    return logger.get("init_args")
+
+
+def _check_trainer(trainer: dict) -> None:
+    """Refuse settings that cannot work, before any work, with what to do."""
+    precision = str(trainer.get("precision") or "32")
+    if precision in ("16-true", "bf16-true", "half", "bfloat16"):
+        raise ValueError(f"--trainer.precision {precision} is not supported: the network's weights and the SA "
+                         "would run in half precision, where A and the loss lose their accuracy. Use 16-mixed or "
+                         "bf16-mixed (mixed precision, float32 weights), or 32.")
+    init = _logger_args(trainer)
+    if init is None:
+        return
+    save_dir = Path(str(init.get("save_dir") or ".")).expanduser()
+    existing = save_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"the run folder cannot be made: {existing} is a file, not a folder; choose another "
+                         "--trainer.logger.init_args.save_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"the run folder cannot be made: {existing} is not writable; choose another "
+                         "--trainer.logger.init_args.save_dir")
+
+
+_RESERVED: list[Path] = []  # run folders this process made (removed again if a command fails before any output)
+
+
+def _reserve_run_folder(trainer: dict) -> None:
+    """Pick the next free version_N atomically (mkdir), so that runs started together never share a folder."""
+    init = _logger_args(trainer)
+    if init is None or init.get("version") is not None:
+        return
+    root = Path(str(init.get("save_dir") or ".")).expanduser() / str(init.get("name") or "lightning_logs")
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{n}").mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    init["version"] = n
+    _RESERVED.append(root / f"version_{n}")
+    print(f"run folder: {root / f'version_{n}'}", file=sys.stderr)
+
+
+def _has_output(run: Path) -> bool:
+    """Whether a run folder holds anything of value (a checkpoint, metrics, samples, figures)."""
+    return any(p.is_file() and p.suffix in (".ckpt", ".json", ".npz", ".png") for p in run.rglob("*"))
+
+
+def _quiet_lightning() -> None:
+    """Drop output a user has to read past: Lightning's cloud tip, and warnings that are not about their run."""
+    import logging
+    import warnings
+
+    class _NoTip(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in str(record.msg)
+
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.addFilter(_NoTip())
+        for handler in lg.handlers:
+            handler.addFilter(_NoTip())
+    # vsmd checks the checkpoint itself; a run folder that moved does not matter for validate/test/predict.
+    warnings.filterwarnings("ignore", message=r".*dirpath has changed.*")
+    warnings.filterwarnings("ignore", message=r".*(LeafSpec|TreeSpec|tree_flatten|pytree).*deprecat.*")
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vsmd`` console command (``args`` lets tests call it in-process)."""
+    _quiet_lightning()
+    _RESERVED.clear()
     try:
-        VSMDCLI(VSMDModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args)
-    except (CheckpointError, FloatingPointError, FileNotFoundError, ValueError) as err:
-        if os.environ.get("VSMD_DEBUG"):
+        VSMDCLI(VSMDModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                parser_class=VSMDArgumentParser)
+    except BaseException as err:
+        for run in _RESERVED:  # a command that failed before writing anything leaves no empty version_N behind
+            if run.is_dir() and not _has_output(run):
+                shutil.rmtree(run, ignore_errors=True)
+            elif run.is_dir():
+                print(f"run folder: {run} (kept: it holds output of this run)", file=sys.stderr)
+        if os.environ.get("VSMD_DEBUG") or not isinstance(err, ERRORS):
             raise
+        if isinstance(err, OSError) and not isinstance(err, (CheckpointWriteError, FileNotFoundError)):
+            what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                    errno.EACCES: "permission denied", errno.EROFS: "the filesystem is read-only"}.get(err.errno)
+            if what is None:
+                raise
+            err = f"{what}: {err}. Free space or choose another --trainer.logger.init_args.save_dir."
         print(f"vsmd: error: {err}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+    for run in _RESERVED:
+        if run.is_dir():
+            print(f"run folder: {run}", file=sys.stderr)
+
+
+ERRORS = (CheckpointError, CheckpointWriteError, FloatingPointError, FileNotFoundError, ValueError, OSError)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,35 @@ def _check_size(dataset: Dataset, image_size: int, where: str) -> None:
                          f"{image_size}x{image_size}; resize the images or set data.init_args.image_size")
 
 
+def _load_rgb(path: str):
+    """ImageFolder's loader, with the file named when an image cannot be decoded."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as err:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError, ...)
+        raise ValueError(f"cannot decode the image {path} ({type(err).__name__}: {err}); remove or replace "
+                         "the file") from None
+
+
+def _check_headers(dataset, image_size: int) -> None:
+    """Every image of an ImageFolder opens and has the model's size (read from the headers, without decoding)."""
+    from PIL import Image
+
+    for path, _ in dataset.samples:
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"cannot read the image {path} ({type(err).__name__}: {err}); remove or replace "
+                             "the file") from None
+        if size != (image_size, image_size):
+            raise ValueError(f"the image {path} is {size[0]}x{size[1]} but the model needs {image_size}x"
+                             f"{image_size} (every image must have that size); resize it, or set "
+                             "data.init_args.image_size")
+
+
 class ImageDataModule(pl.LightningDataModule):
     """CIFAR-10 (torchvision) or an ImageFolder tree of RGB images, random horizontal flip, values in [-1, 1].
 
@@ -88,9 +117,11 @@ class ImageDataModule(pl.LightningDataModule):
                                     f"(for the JPEG copy of CIFAR-10: tar xzf cifar10-jpeg.tar.gz and set "
                                     "data.init_args.root to the extracted cifar10-jpeg folder)")
         try:
-            return ImageFolder(str(path), transform=transform)
+            dataset = ImageFolder(str(path), transform=transform, loader=_load_rgb)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{path} holds no images in class sub-folders ({err})") from None
+        _check_headers(dataset, self.hparams.image_size)
+        return dataset
 
     def _split(self, train: bool, transform):
         h = self.hparams

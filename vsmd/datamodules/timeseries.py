@@ -19,6 +19,7 @@ holding every series up to its k-th forecast end.
 from __future__ import annotations
 
 import contextlib
+import os
 import tarfile
 import tempfile
 import warnings
@@ -128,13 +129,21 @@ def _download(name: str, root: Path) -> None:
     """GluonTS's own download and materialisation, into a temporary folder moved into place when complete."""
     from gluonts.dataset.repository import get_dataset
 
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        try:
-            with _quiet():
-                get_dataset(name, path=Path(tmp))
-        except OSError as err:  # URLError is an OSError
-            raise FileNotFoundError(_missing_message(name, root, f"the download failed ({err})")) from None
-        (Path(tmp) / name).rename(root / name)
+    created = [p for p in (root, *root.parents) if not p.exists()]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            try:
+                with _quiet():
+                    get_dataset(name, path=Path(tmp))
+            except OSError as err:  # URLError is an OSError
+                raise FileNotFoundError(_missing_message(name, root, f"the download failed ({err})")) from None
+            (Path(tmp) / name).rename(root / name)
+    except BaseException:
+        for p in created:  # a failed download leaves no empty data folder behind (innermost first)
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
 
 def _missing_message(name: str, root: Path, why: str) -> str:
@@ -145,8 +154,15 @@ def _missing_message(name: str, root: Path, why: str) -> str:
 
 
 def _writable(root: Path) -> bool:
+    """Whether ``root`` could be written (or created), without creating it."""
+    p = root
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return False
+    if p != root:
+        return os.access(p, os.W_OK | os.X_OK)
     try:
-        root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=root):
             return True
     except OSError:
@@ -182,11 +198,34 @@ def load_series(name: str, data_dir: str | Path, download: bool = True) -> "Grou
     root = Path(data_dir).expanduser()
     if (root / name).exists():
         with _quiet():
-            return group(get_dataset(name, path=root), name)
+            datasets = get_dataset(name, path=root)
+        check_finite(datasets, root / name)
+        return group(datasets, name)
     with tempfile.TemporaryDirectory() as tmp:  # archive in a read-only folder: convert, read, forget
         convert_gp_copula_archive(root / f"{name}.tar.gz", name, Path(tmp) / name)
         with _quiet():
-            return group(get_dataset(name, path=Path(tmp)), name)
+            datasets = get_dataset(name, path=Path(tmp))
+        check_finite(datasets, root / f"{name}.tar.gz")
+        return group(datasets, name)
+
+
+def check_finite(datasets, source: Path) -> None:
+    """Refuse series with missing (NaN) or infinite values, naming the file, the series and the time index.
+
+    vsmd does not model missing values (GluonTS marks them with an observed-values mask; a diffusion model would
+    need that mask in its loss and its lags), so they are refused rather than turned into NaN losses or NaN
+    forecasts.
+    """
+    for split in ("train", "test"):
+        for k, entry in enumerate(getattr(datasets, split)):
+            target = np.asarray(entry["target"], dtype=np.float64)
+            bad = ~np.isfinite(target)
+            if bad.any():
+                first = int(np.flatnonzero(bad.reshape(-1))[0]) % target.shape[-1]
+                raise ValueError(f"{source} ({split} split): series {entry.get('item_id', k)} (entry {k}) has "
+                                 f"{int(bad.sum())} missing or infinite values, the first at time index {first}. vsmd "
+                                 "does not model missing values: fill them (e.g. forward fill) or drop the series, "
+                                 "and write the dataset again.")
 
 
 @dataclass

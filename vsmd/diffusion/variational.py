@@ -212,6 +212,11 @@ class VariationalScoreSA:
                                          "backward simulation diverged; lower sa_lr or check the score network")
             g = p.rho_grad(*stats.grad(alpha, nu)).to(p.rho.dtype)
             gnorm = g.norm()
+            if not torch.isfinite(gnorm):  # clipping would turn it into a zero or NaN step and freeze A silently
+                raise FloatingPointError(f"the SA gradient for A is not finite ({gnorm.item()}) at A-step "
+                                         f"{self.steps}: the backward simulation diverged; A was not changed. Resume "
+                                         "from the last checkpoint with a lower sa_lr (or lr), or check the score "
+                                         "network")
             if self.clip and gnorm > self.clip:
                 g = g * (self.clip / gnorm)
             if i == 0:
@@ -226,6 +231,16 @@ class VariationalScoreSA:
         info["loss_after"] = stats.loss(*p.variational_scores()).item()
         self.seconds += time.perf_counter() - start
         return info
+
+    def retune(self, lr: float, lr_decay: float, lr_decay_every: int) -> None:
+        """Set a new step-size schedule (after ``load_state_dict``, on resume) as if it had been used from the start:
+        the step size becomes lr * lr_decay ** (A-steps taken // lr_decay_every); Adam's moments are kept."""
+        sched = self.scheduler
+        sched.base_lrs, sched.gamma, sched.step_size = [lr], lr_decay, lr_decay_every
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * lr_decay ** (sched.last_epoch // lr_decay_every)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -16,6 +16,10 @@ from vsmd.diffusion import sample as run_sampler
 from vsmd.diffusion.variational import SA_SAMPLERS
 
 RHO_INITS = ("data", "zero")
+# Training settings that may change when a fit resumes from a checkpoint (they take effect and are reported).
+RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
+                   "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
+                   "zeta", "lr_warmup", "lr_decay", "lr_decay_every", "dropout")
 
 
 def _warmup_ema(decay: float):
@@ -352,9 +356,33 @@ class VSMDModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
         self._rho_initialised = True  # rho comes from the checkpoint
+        h, old = self.hparams, checkpoint.get("hyper_parameters", {})
+        self._resume_changes = {k: (old[k], h[k]) for k in RESUME_REPORTED if k in old and k in h and old[k] != h[k]}
         if self.sa is not None and "vsmd_sa" in checkpoint:
             self.sa.load_state_dict(checkpoint["vsmd_sa"])
             self._sa_done_at = int(checkpoint["vsmd_sa"].get("done_at", -1))
+            self.sa.retune(h.sa_lr, h.sa_lr_decay, h.sa_lr_decay_every)  # the schedule of this run, not the old one
+
+    def on_train_start(self) -> None:
+        """On resume: the network's step size is this run's lr (the optimiser state came with the old one), and
+        the run says which training settings changed."""
+        changes, self._resume_changes = getattr(self, "_resume_changes", {}), {}
+        if "lr" in changes:
+            old, new = changes["lr"]
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] *= new / old
+                    if "initial_lr" in group:
+                        group["initial_lr"] *= new / old
+            for cfg in self.trainer.lr_scheduler_configs:
+                cfg.scheduler.base_lrs = [b * new / old for b in cfg.scheduler.base_lrs]
+        if "weight_decay" in changes:
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["weight_decay"] = changes["weight_decay"][1]
+        if changes:
+            self.print("resume with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                                                    changes.items()))
 
     # ----------------------------------------------------------------------------------------------
     def run_dir(self) -> Path:

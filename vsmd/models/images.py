@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
 from vsmd.metrics.fid import file_fingerprint, load_or_compute_reference, make_fid, resolve_weights, to_uint8
 from vsmd.models.base import VSMDModule
 from vsmd.models.unet import UNet
@@ -91,6 +91,7 @@ class ImageVSMD(VSMDModule):
         self._fid: list = []                   # likewise: the Inception network never enters state_dict or EMA
         self._test: dict[str, Any] = {}
         self._images: list[Tensor] = []
+        self._problems: list[str] = []  # non-finite or exploded samples met by test/predict
 
     def data_shape(self) -> tuple[int, ...]:
         return (3, self._image_size, self._image_size)
@@ -151,13 +152,18 @@ class ImageVSMD(VSMDModule):
         """n images in [-1, 1] (n, 3, H, W) with the EMA network, and the sampler's NFE."""
         gen = torch.Generator(self.device).manual_seed(seed + 1)
         res = self.generate(n, steps=steps, seed=seed, progress=progress, cond=self._labels(n, gen))
-        return self.process.split(res.state)[0].clamp(-1, 1), res.nfe
+        x = self.process.split(res.state)[0]
+        problem = sample_problem(x, 1.0)  # images live in [-1, 1]; clamping would hide a divergence
+        if problem:
+            self._problems.append(problem)
+        return x.clamp(-1, 1), res.nfe
 
     def on_validation_epoch_end(self) -> None:
         tb = self.tensorboard()
         if tb is None or self.trainer.sanity_checking:
             return
         x, _ = self.generate_images(self.hparams.grid_size, self.hparams.seed, self.hparams.val_sample_steps)
+        self._problems = []  # the grid shows it; only test and predict refuse diverged samples
         tb.add_image("samples", image_grid(to_uint8(x)), self.global_step)
         if self.process.adaptive:
             alpha, nu = self.process.variational_scores()
@@ -166,7 +172,11 @@ class ImageVSMD(VSMDModule):
             plt.close(fig)
 
     # ----------------------------------------------------------------------------------------------
+    def on_predict_start(self) -> None:
+        self._problems = []
+
     def on_test_start(self) -> None:
+        self._problems = []
         h = self.hparams
         weights = resolve_weights(h.fid_weights)
         fid = make_fid(weights).to(self.device)
@@ -196,7 +206,8 @@ class ImageVSMD(VSMDModule):
             self._images.append(images.cpu())
 
     def on_test_epoch_end(self) -> None:
-        fid = float(self._fid[0].compute())
+        problems, self._problems = self._problems, []
+        fid = float(self._fid[0].compute()) if not problems else float("nan")
         self.log("test/fid", fid, rank_zero_only=True)
         h = self.hparams
         if not self.trainer.is_global_zero:
@@ -218,8 +229,13 @@ class ImageVSMD(VSMDModule):
         alpha, nu = self.process.variational_scores()
         self._test["A_summary"] = {"A_x_mean": float(alpha.mean()),
                                    "A_v_mean": float(nu.mean()) if nu is not None else None}
-        (out / "test_metrics.json").write_text(json.dumps(self._test, indent=2) + "\n")
+        self._test["samples_problem"] = "; ".join(problems) or None
+        path = write_json(out / "test_metrics.json", self._test)
         self._fid = []
+        if problems:
+            raise DivergedSamplesError(f"the generated images are unusable: {problems[0]}. The FID in {path} is "
+                                       "null. The model or its A diverged; resume an earlier checkpoint, or train "
+                                       "with a lower lr, sa_lr or beta.")
         print(f"test: FID {fid:.3f} from {n} images ({h.sampler}, NFE {self._test.get('nfe')}, "
               f"{self._test['sampling_seconds']:.1f} s of sampling); written to {out / 'test_metrics.json'}")
 
@@ -241,6 +257,11 @@ class ImageVSMD(VSMDModule):
         np.savez_compressed(out / "samples.npz", images=images.permute(0, 2, 3, 1).numpy(),
                             process=self.hparams.process, sampler=self.hparams.sampler,
                             sample_steps=self.hparams.sample_steps)
+        problems, self._problems = self._problems, []
+        if problems:
+            raise DivergedSamplesError(f"the generated images are unusable: {problems[0]} (written clamped to "
+                                       f"{out / 'samples.npz'}). The model or its A diverged; use an earlier "
+                                       "checkpoint, or train with a lower lr, sa_lr or beta.")
         for k in range(0, len(images), 100):
             save_png(image_grid(images[k:k + 100], nrow=10), out / f"samples_{k // 100:03d}.png")
         print(f"wrote {len(images)} images to {out / 'samples.npz'} and {math.ceil(len(images) / 100)} PNG grid(s)")

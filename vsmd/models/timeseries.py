@@ -8,7 +8,6 @@ paths at once, feeds it back through the lags, and moves the RNN one step.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -20,7 +19,8 @@ from tqdm.auto import tqdm
 
 from vsmd.datamodules.timeseries import default_lags
 from vsmd.diffusion import sample as run_sampler
-from vsmd.metrics.timeseries import gluonts_metrics
+from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
+from vsmd.metrics.timeseries import METRIC_KEYS, gluonts_metrics
 from vsmd.models.base import VSMDModule
 from vsmd.models.nets import TimeGradNet
 from vsmd.plotting import forecast_figure
@@ -225,8 +225,12 @@ class TimeSeriesVSMD(VSMDModule):
         if not self._outputs:
             return
         out = self._gather()
-        metrics = gluonts_metrics(out["samples"], out["history"], out["future"], out["forecast_start"],
-                                  self.hparams.freq)
+        problem = sample_problem(out["samples"], np.abs(out["history"]).max())
+        if problem is None:
+            metrics = gluonts_metrics(out["samples"], out["history"], out["future"], out["forecast_start"],
+                                      self.hparams.freq)
+        else:  # metrics over diverged forecasts are meaningless; report them as null
+            metrics = dict.fromkeys(METRIC_KEYS, float("nan"))
         self.log_dict({f"test/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if not self.trainer.is_global_zero:
             return
@@ -241,10 +245,14 @@ class TimeSeriesVSMD(VSMDModule):
                       "sampling_seconds": out["seconds"],
                       "process": h.process, "beta": h.beta, "damping": h.damping, "scaling": h.scaling,
                       "context_length": self.context(self.prediction_length), "lags": self._lags,
-                      "trained_steps": max(self.trained_steps, self.global_step), "forecasts": str(npz)}
+                      "trained_steps": max(self.trained_steps, self.global_step), "forecasts": str(npz),
+                      "samples_problem": problem}
         self._test |= self.variational_summary()
-        path = self.run_dir() / "test_metrics.json"
-        path.write_text(json.dumps(self._test, indent=2) + "\n")
+        path = write_json(self.run_dir() / "test_metrics.json", self._test)
+        if problem:
+            raise DivergedSamplesError(f"the forecasts are unusable: {problem}. The metrics in {path} are null; the "
+                                       f"forecasts are in {npz} for inspection. The model or its A diverged; resume "
+                                       "an earlier checkpoint, or train with a lower lr, sa_lr or beta.")
         fig = forecast_figure(out["history"][0], out["future"][0], out["samples"][0],
                               title=f"{h.process}: window 1 from {out['forecast_start'][0]}")
         fig.savefig(self.run_dir() / "forecast.png", dpi=110)
@@ -267,4 +275,9 @@ class TimeSeriesVSMD(VSMDModule):
             return
         out = self._gather()
         path = self._save_npz("forecasts.npz", out)
+        problem = sample_problem(out["samples"], np.abs(out["history"]).max())
+        if problem:
+            raise DivergedSamplesError(f"the forecasts are unusable: {problem}. They are in {path} for inspection. "
+                                       "The model or its A diverged; use an earlier checkpoint, or train with a "
+                                       "lower lr, sa_lr or beta.")
         print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vsmd.metrics import pmf_rmse, straightness, wasserstein1d
+from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
 from vsmd.models.base import VSMDModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import samples_figure, trajectories_figure
@@ -82,10 +81,15 @@ class ToyVSMD(VSMDModule):
                               seed=h.seed + 1)
         times = paths.times[:-1]  # the grid T..t_eps; the last point is the final Euler step to t = 0
         s = straightness(self._x_paths(paths.trajectory[:-1]), times)
-        metrics = {"rmse_pmf": pmf_rmse(real, fake) if self._data_dim == 2 else float("nan")}
-        metrics |= {f"straightness_{i}": float(v) for i, v in enumerate(s)}
-        metrics |= {f"w1_{i}": float(v) for i, v in enumerate(wasserstein1d(real, fake))}
-        metrics |= {f"std_ratio_{i}": float(v) for i, v in enumerate(fake.std(0).cpu() / real.std(0).cpu())}
+        problem = sample_problem(fake, real.abs().max())
+        if problem is None:
+            metrics = {"rmse_pmf": pmf_rmse(real, fake) if self._data_dim == 2 else float("nan")}
+            metrics |= {f"straightness_{i}": float(v) for i, v in enumerate(s)}
+            metrics |= {f"w1_{i}": float(v) for i, v in enumerate(wasserstein1d(real, fake))}
+            metrics |= {f"std_ratio_{i}": float(v) for i, v in enumerate(fake.std(0).cpu() / real.std(0).cpu())}
+        else:  # scores over diverged samples would look plausible (the PMF clips far points into its grid)
+            metrics = dict.fromkeys(["rmse_pmf", *(f"{m}_{i}" for m in ("straightness", "w1", "std_ratio")
+                                                   for i in range(self._data_dim))], float("nan"))
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "sampler": h.sampler, "sample_steps": h.sample_steps, "nfe": res.nfe,
                       "n_samples": len(real), "sampling_seconds": wall,
@@ -93,9 +97,9 @@ class ToyVSMD(VSMDModule):
                                        "per dimension, finite differences", "sampler": "heun",
                                        "steps": h.straight_steps, "paths": h.n_straight},
                       "process": h.process, "beta": h.beta, "damping": h.damping,
-                      "trained_steps": max(self.trained_steps, self.global_step)}
+                      "trained_steps": max(self.trained_steps, self.global_step), "samples_problem": problem}
         self._test |= self.variational_summary()
-        self._test_figure = (real.cpu(), fake.cpu()) if self._data_dim == 2 else None
+        self._test_figure = (real.cpu(), fake.cpu()) if self._data_dim == 2 and problem is None else None
         tb = self.tensorboard()
         if tb is not None and self._test_figure is not None:
             tb.add_figure("test/samples", samples_figure(*self._test_figure, title=h.process), self.global_step)
@@ -103,8 +107,11 @@ class ToyVSMD(VSMDModule):
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
             return
-        path = self.run_dir() / "test_metrics.json"
-        path.write_text(json.dumps(self._test, indent=2) + "\n")
+        path = write_json(self.run_dir() / "test_metrics.json", self._test)
+        if self._test["samples_problem"]:
+            raise DivergedSamplesError(f"the generated samples are unusable: {self._test['samples_problem']}. The "
+                                       f"metrics in {path} are null. The model or its A diverged; resume an earlier "
+                                       "checkpoint, or train with a lower lr, sa_lr or beta.")
         if self._test_figure is not None:
             self._save_samples_png(*self._test_figure, self.run_dir() / "test_samples.png")
             np.savez(self.run_dir() / "test_samples.npz", real=self._test_figure[0].numpy(),
@@ -129,9 +136,14 @@ class ToyVSMD(VSMDModule):
         out = self.run_dir()
         np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
                  sample_steps=self.hparams.sample_steps)
+        dm = getattr(self.trainer, "datamodule", None)
+        real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
+        problem = sample_problem(x, float(real.abs().max()) if real is not None else 1.0)
+        if problem:
+            raise DivergedSamplesError(f"the generated samples are unusable: {problem}. They are in "
+                                       f"{out / 'samples.npz'} for inspection. The model or its A diverged; use an "
+                                       "earlier checkpoint, or train with a lower lr, sa_lr or beta.")
         if x.shape[1] == 2:
-            dm = getattr(self.trainer, "datamodule", None)
-            real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
             self._save_samples_png(real, torch.from_numpy(x), out / "samples.png")
         print(f"wrote {len(x)} samples to {out / 'samples.npz'}")
 
