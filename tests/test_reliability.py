@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
-from test_cli import tiny, versions
+from test_cli import ROOT, tiny, versions
 
 from vsmd.checkpointing import AtomicCheckpointIO, newest_checkpoint
 from vsmd.cli import main
@@ -109,3 +115,352 @@ def test_a_missing_last_checkpoint_names_the_newest_loadable_one(tmp_path: Path,
             main(["fit", *tiny(tmp_path), "--ckpt_path", str(path)])
         err = capsys.readouterr().err
         assert "epoch=0-step=10.ckpt (step 10)" in err, err
+
+
+# --- resume and evaluation need a trained run -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A 20-step VSULD fit of the shrunk spiral config; returns its run folder."""
+    save_dir = tmp_path_factory.mktemp("runs")
+    main(["fit", *tiny(save_dir), "--trainer.max_steps", "20"])
+    return versions(save_dir)[-1]
+
+
+def _last(run: Path) -> Path:
+    return run / "checkpoints" / "last.ckpt"
+
+
+# --- 4. resume that does what it says ---------------------------------------------------------------------------------
+
+def test_resume_applies_changed_learning_rates_and_says_so(run: Path, tmp_path: Path, capsys) -> None:
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "30", "--model.init_args.lr", "5e-4",
+          "--model.init_args.sa_lr", "1e-3", "--ckpt_path", str(_last(run))])
+    out = capsys.readouterr().out
+    assert "resume with changed settings" in out and "lr 0.001 -> 0.0005" in out and "sa_lr 0.01 -> 0.001" in out
+    new = versions(tmp_path)[-1]
+    ckpt = torch.load(_last(new), map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 30
+    assert ckpt["hyper_parameters"]["lr"] == 5e-4 and ckpt["hyper_parameters"]["sa_lr"] == 1e-3
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(5e-4)  # the optimiser's own lr
+    sa = ckpt["vsmd_sa"]
+    assert sa["steps"] == 10  # stages at steps 10 and 20, of 5 A-steps each: the schedule went on
+    assert sa["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.99 ** (sa["steps"] // 100))
+    assert "lr: 0.0005" in (new / "config.yaml").read_text()
+
+
+def test_resume_refuses_a_changed_process_and_names_both_values(run: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *tiny(tmp_path), "--trainer.max_steps", "30", "--model.init_args.process", "cld",
+              "--ckpt_path", str(_last(run))])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "process: checkpoint 'vsuld', config 'cld'" in err and "config.yaml" in err
+    assert versions(tmp_path) == []  # nothing was started, no empty run folder is left
+
+
+def test_evaluation_takes_the_architecture_from_the_checkpoint_and_says_so(run: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    main(["test", *tiny(tmp_path), "--model.init_args.beta", "7", "--ckpt_path", str(_last(run))])
+    assert "from the checkpoint: beta 5.0 (config 7.0)" in capsys.readouterr().err
+    report = json.loads((versions(tmp_path)[-1] / "test_metrics.json").read_text())
+    assert report["beta"] == 5.0
+
+
+# --- 5. a checkpoint of another task ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sub", ["fit", "test", "predict"])
+def test_a_checkpoint_of_another_model_family_is_refused_before_any_work(run: Path, tmp_path: Path, capsys,
+                                                                         sub: str) -> None:
+    data_dir = tmp_path / "no-data"
+    with pytest.raises(SystemExit):
+        main([sub, "--config", str(ROOT / "configs" / "exchange.yaml"), "--trainer.logger.init_args.save_dir",
+              str(tmp_path), "--data.init_args.data_dir", str(data_dir), "--ckpt_path", str(_last(run))])
+    assert "holds a ToyVSMD model but the config asks for TimeSeriesVSMD" in capsys.readouterr().err
+    assert not data_dir.exists()  # refused before the data were touched
+
+
+def test_a_checkpoint_of_other_data_is_refused(run: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["test", *tiny(tmp_path), "--config", str(ROOT / "configs" / "checkerboard6x.yaml"),
+              "--ckpt_path", str(_last(run))])
+    assert "trained on data with dataset='spiral', but the config gives data dataset='checkerboard'" in \
+        capsys.readouterr().err
+
+
+# --- 6. no silent garbage ---------------------------------------------------------------------------------------------
+
+def _poisoned(run: Path, tmp_path: Path) -> Path:
+    """The run's checkpoint with NaN in the EMA network (which evaluation uses)."""
+    ckpt = torch.load(_last(run), map_location="cpu", weights_only=True)
+    for k, v in ckpt["state_dict"].items():
+        if k.startswith("net_ema.module.") and v.is_floating_point():
+            v.fill_(float("nan"))
+    path = tmp_path / "nan.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def _strict_json(path: Path):
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path} holds a bare {c}"))
+
+
+def test_diverged_samples_give_null_metrics_valid_json_and_exit_1(run: Path, tmp_path: Path, capsys) -> None:
+    bad = _poisoned(run, tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["test", *tiny(tmp_path), "--ckpt_path", str(bad)])
+    assert exc.value.code == 1
+    assert "generated samples are unusable" in capsys.readouterr().err
+    report = _strict_json(versions(tmp_path)[-1] / "test_metrics.json")
+    assert report["samples_problem"].endswith("are NaN or inf")
+    assert report["metrics"] and all(v is None for v in report["metrics"].values())
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", *tiny(tmp_path), "--ckpt_path", str(bad)])
+    assert exc.value.code == 1
+    assert (versions(tmp_path)[-1] / "samples.npz").is_file()  # kept for inspection
+
+
+def test_exploded_samples_are_reported() -> None:
+    from vsmd.metrics import sample_problem
+
+    assert sample_problem(np.array([[1.0, -30.0], [2.0, 5.0]]), 35.0) is None
+    assert "exploded" in sample_problem(np.array([[1.0, 1e32]]), 35.0)
+    assert "NaN or inf" in sample_problem(np.array([[1.0, np.inf]]), 35.0)
+
+
+def test_a_non_finite_sa_gradient_stops_training_and_leaves_a_unchanged(monkeypatch) -> None:
+    from vsmd.diffusion.variational import SAStats
+    from vsmd.models import ToyVSMD
+
+    model = ToyVSMD(hidden=16, depth=1, process="vsuld", damping=0.7, sa_paths=8, sa_points=5, rho_init="zero")
+    rho = model.process.rho.detach().clone()
+    monkeypatch.setattr(SAStats, "grad", lambda self, a, n: (torch.full_like(a, float("inf")), torch.zeros_like(a)))
+    with pytest.raises(FloatingPointError, match="SA gradient for A is not finite"):
+        model.sa.stage(lambda a, t: model.score(a, t, model.net), torch.Generator().manual_seed(0))
+    assert torch.equal(model.process.rho.detach(), rho)
+
+
+# --- 7. evaluation needs a checkpoint ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sub", ["test", "predict"])
+def test_evaluation_without_a_checkpoint_is_an_error_unless_asked_for(tmp_path: Path, capsys, sub: str) -> None:
+    with pytest.raises(SystemExit):
+        main([sub, *tiny(tmp_path)])
+    assert f"vsmd {sub} needs --ckpt_path" in capsys.readouterr().err
+    assert versions(tmp_path) == []
+    main([sub, *tiny(tmp_path), "--ckpt_path", "untrained"])
+    assert any(p.suffix in (".json", ".npz") for p in versions(tmp_path)[-1].iterdir())
+
+
+# --- 8. NaN in the data -----------------------------------------------------------------------------------------------
+
+def test_missing_values_in_a_dataset_are_refused_with_file_series_and_index(tmp_path: Path) -> None:
+    from tsdata import synthetic_series
+
+    from vsmd.datamodules.timeseries import load_series, write_materialised
+
+    values = synthetic_series(4, 120)
+    values[2, 17] = np.nan
+    write_materialised(values, tmp_path / "solar_nips", "2020-01-01 00:00", "h", 6, 2)
+    with pytest.raises(ValueError, match=r"solar_nips \(train split\): series 2 .* 1 missing or infinite values, "
+                                         r"the first at time index 17"):
+        load_series("solar_nips", tmp_path, download=False)
+
+
+# --- 9. bit rot -------------------------------------------------------------------------------------------------------
+
+def test_a_flipped_byte_in_a_checkpoint_is_caught_by_the_crc(run: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "flipped.ckpt"
+    bad.write_bytes(_last(run).read_bytes())
+    with zipfile.ZipFile(bad) as zf:
+        info = max(zf.infolist(), key=lambda i: i.file_size)  # the largest tensor
+    with open(bad, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(SystemExit):
+        main(["test", *tiny(tmp_path), "--ckpt_path", str(bad)])
+    err = capsys.readouterr().err
+    assert "fails its CRC check" in err and info.filename in err
+
+
+# --- 10 and 11. clear, accurate messages ------------------------------------------------------------------------------
+
+def test_foreign_files_get_accurate_messages(tmp_path: Path, capsys) -> None:
+    cases = {"text.ckpt": "is not a checkpoint (torch.save writes a zip archive",
+             "legacy.ckpt": "legacy (non-zip) format",
+             "keys.ckpt": "is not a Lightning checkpoint (no 'global_step', 'pytorch-lightning_version')"}
+    (tmp_path / "text.ckpt").write_text("hello")
+    torch.save({"state_dict": {}}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": {}}, tmp_path / "keys.ckpt")
+    for name, message in cases.items():
+        with pytest.raises(SystemExit):
+            main(["test", *tiny(tmp_path / "runs"), "--ckpt_path", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert message in err, (name, err)
+        assert "mmap" not in err
+
+
+def test_bad_save_dir_and_precision_are_clear_errors(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(tiny(afile), "is a file, not a folder"),
+             (tiny(tmp_path, "--trainer.precision", "bf16-true"), "bf16-true is not supported"),
+             (tiny(tmp_path, "--trainer.precision", "16-true"), "16-true is not supported")]
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        cases.append((tiny(ro / "runs"), "is not writable"))
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            main(["fit", *args, "--trainer.max_steps", "2"])
+        assert message in capsys.readouterr().err
+
+
+def test_validation_errors_are_short(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny(tmp_path), "--model.init_args.beta", "abc"])
+    err = capsys.readouterr().err
+    assert "Got value: abc" in err and "NestedArg" not in err
+    assert len(err.splitlines()) < 10, err
+
+
+def test_image_folders_with_mixed_sizes_or_a_corrupt_file_name_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+    from test_images import make_folder
+
+    from vsmd.datamodules import ImageDataModule
+
+    root = make_folder(tmp_path / "mixed")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "train" / "dog" / "big.png")
+    with pytest.raises(ValueError, match=r"big.png is 40x40 but the model needs 32x32"):
+        ImageDataModule(source="folder", root=str(root), num_workers=0).setup()
+    root = make_folder(tmp_path / "corrupt")
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match=r"cannot read the image .*broken.jpg"):
+        ImageDataModule(source="folder", root=str(root), num_workers=0).setup()
+
+
+def test_concurrent_runs_get_their_own_run_folders(tmp_path: Path, monkeypatch) -> None:
+    """A run that lists the folders while another creates version_0 still gets a folder of its own."""
+    first = tmp_path / "spiral8y" / "version_0"
+    first.mkdir(parents=True)
+    (first / "marker").write_text("the other run")
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(()) if pattern == "version_*"
+                        else real_glob(self, pattern))
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "2"])
+    monkeypatch.undo()
+    assert sorted(p.name for p in first.iterdir()) == ["marker"]
+    assert _step(_last(tmp_path / "spiral8y" / "version_1")) == 2
+
+
+class DeleteRunFolder(pl.Callback):
+    """Deletes the run folder after step 3 (a user cleaning up the wrong folder)."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 3:
+            shutil.rmtree(trainer.log_dir)
+
+
+def test_a_run_folder_deleted_during_the_run_is_recreated_for_the_checkpoint(tmp_path: Path) -> None:
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "6", "--trainer.callbacks+=test_reliability.DeleteRunFolder"])
+    assert _step(_last(tmp_path / "spiral8y" / "version_0")) == 6
+
+
+# --- 12. checkpoint keywords ------------------------------------------------------------------------------------------
+
+class _Payload:
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_keywords_go_through_the_same_check(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pickled-code-ran"
+    payload = _Payload()
+    payload.marker = marker
+    ckpts = tmp_path / "spiral8y" / "version_0" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 5, "pytorch-lightning_version": "2.6.4", "x": payload},
+               ckpts / "last.ckpt")
+    for keyword in ("last", "best", "hpc", "registry"):
+        with pytest.raises(SystemExit):
+            main(["test", *tiny(tmp_path), "--ckpt_path", keyword, "--weights_only", "false"])
+        err = capsys.readouterr().err
+        assert "vsmd: error:" in err
+    assert not marker.exists()
+
+
+def test_last_keyword_resolves_to_the_newest_checkpoint(run: Path, capsys) -> None:
+    save_dir = run.parent.parent
+    main(["test", *tiny(save_dir), "--ckpt_path", "last"])
+    assert f"using {_last(run)} (step 20)" in capsys.readouterr().err
+
+
+# --- housekeeping -----------------------------------------------------------------------------------------------------
+
+def test_a_failed_command_leaves_no_run_folder_and_a_good_one_names_it(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny(tmp_path), "--model.init_args.beta", "-1"])
+    assert versions(tmp_path) == []
+    assert "version_0 removed (the command failed before writing any output)" in capsys.readouterr().err
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "2"])
+    assert capsys.readouterr().err.count(f"run folder: {tmp_path / 'spiral8y' / 'version_0'}") == 2
+
+
+def test_a_missing_data_dir_is_not_created(tmp_path: Path, monkeypatch) -> None:
+    import gluonts.dataset.repository as repo
+
+    from vsmd.datamodules.timeseries import load_series
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(repo, "get_dataset", offline)
+    with pytest.raises(FileNotFoundError, match="the download failed"):
+        load_series("exchange_rate_nips", tmp_path / "new" / "data", download=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_evaluation_output_is_free_of_lightning_noise(run: Path, tmp_path: Path, capfd) -> None:
+    main(["test", *tiny(tmp_path), "--ckpt_path", str(_last(run))])
+    out = "".join(capfd.readouterr())
+    assert "test metrics" in out
+    for noise in ("dirpath has changed", "Tip:", "LeafSpec"):
+        assert noise not in out, noise
+
+
+# --- DDP --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_ranks_keeps_a_equal_and_resumes(tmp_path: Path) -> None:
+    """2 CPU ranks (gloo) through the real command: an SA stage, the same A on both ranks, then a resume."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "vsmd.cli", "fit", *tiny(tmp_path), "--trainer.accelerator", "cpu",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.limit_val_batches", "0",
+            "--trainer.callbacks+=ddp_probe.RhoProbe"]
+
+    def fit(steps: int, *extra: str) -> list[dict]:
+        probe = tmp_path / f"probe{steps}"
+        probe.mkdir()
+        proc = subprocess.run([*base, "--trainer.max_steps", str(steps), *extra], capture_output=True, text=True,
+                              env=env | {"VSMD_PROBE_DIR": str(probe)}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads((probe / f"rank{k}.json").read_text()) for k in range(2)]
+
+    first = fit(15)
+    assert all(r["world_size"] == 2 and r["global_step"] == 15 and r["sa_stages"] == 1 for r in first)
+    assert first[0]["rho"] == first[1]["rho"]  # the SA statistics are averaged over the ranks
+    assert len(versions(tmp_path)) == 1  # one run folder for both ranks
+    ckpt = _last(versions(tmp_path)[-1])
+    assert _step(ckpt) == 15
+    resumed = fit(25, "--ckpt_path", str(ckpt))
+    assert all(r["global_step"] == 25 and r["sa_stages"] == 2 for r in resumed)
+    assert resumed[0]["rho"] == resumed[1]["rho"] != first[0]["rho"]

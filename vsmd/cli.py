@@ -268,13 +268,17 @@ def _check_trainer(trainer: dict) -> None:
                          "--trainer.logger.init_args.save_dir")
 
 
-_RESERVED: list[Path] = []  # run folders this process made (removed again if a command fails before any output)
+_RESERVED: list[Path] = []
+_VERSION_ENV = "VSMD_RUN_VERSION"  # run folders this process made (removed again if a command fails before any output)
 
 
 def _reserve_run_folder(trainer: dict) -> None:
     """Pick the next free version_N atomically (mkdir), so that runs started together never share a folder."""
     init = _logger_args(trainer)
     if init is None or init.get("version") is not None:
+        return
+    if os.environ.get(_VERSION_ENV) is not None and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        init["version"] = int(os.environ[_VERSION_ENV])  # a DDP rank launched by rank 0: rank 0's folder
         return
     root = Path(str(init.get("save_dir") or ".")).expanduser() / str(init.get("name") or "lightning_logs")
     root.mkdir(parents=True, exist_ok=True)
@@ -287,6 +291,7 @@ def _reserve_run_folder(trainer: dict) -> None:
         except FileExistsError:
             n += 1
     init["version"] = n
+    os.environ[_VERSION_ENV] = str(n)  # inherited by the DDP ranks this process launches
     _RESERVED.append(root / f"version_{n}")
     print(f"run folder: {root / f'version_{n}'}", file=sys.stderr)
 
@@ -326,6 +331,7 @@ def main(args: list[str] | None = None) -> None:
         for run in _RESERVED:  # a command that failed before writing anything leaves no empty version_N behind
             if run.is_dir() and not _has_output(run):
                 shutil.rmtree(run, ignore_errors=True)
+                print(f"run folder: {run} removed (the command failed before writing any output)", file=sys.stderr)
             elif run.is_dir():
                 print(f"run folder: {run} (kept: it holds output of this run)", file=sys.stderr)
         if os.environ.get("VSMD_DEBUG") or not isinstance(err, ERRORS):
