@@ -92,6 +92,33 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
     assert _step(ckpts / "last.ckpt") == 10
 
 
+def test_a_full_disk_outside_checkpoints_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "config.yaml")
+
+    monkeypatch.setattr(SaveConfigCallback, "setup", full)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *tiny(tmp_path), "--trainer.max_steps", "2"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "vsmd: error: the disk is full" in err and "Traceback" not in err
+
+
+def test_loading_a_checkpoint_removes_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    from vsmd.cli import check_checkpoint
+
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1, "state_dict": {}, "pytorch-lightning_version": "2.6.4"},
+                                         target)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.ckpt.{int(dead.stdout)}.vsmd-tmp"
+    stale.write_bytes(b"PK half a checkpoint")
+    check_checkpoint(target)
+    assert not stale.exists() and target.is_file()
+
+
 # --- 2. last.ckpt at the final step ----------------------------------------------------------------------------------
 
 def test_last_checkpoint_holds_the_final_step_when_it_is_not_a_multiple_of_the_interval(tmp_path: Path) -> None:

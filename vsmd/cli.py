@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -18,7 +19,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from lightning.pytorch.plugins import CheckpointIO  # noqa: E402
 
 import vsmd.datamodules  # noqa: E402,F401  (registers the DataModules for class_path short names)
-from vsmd.checkpointing import AtomicCheckpointIO, CheckpointWriteError, FinalCheckpoint, newest_checkpoint  # noqa: E402
+from vsmd.checkpointing import (  # noqa: E402
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    FinalCheckpoint,
+    newest_checkpoint,
+    remove_stale_temporaries,
+)
 from vsmd.models import VSMDModule  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
@@ -54,6 +61,9 @@ def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
         hint = (f"the newest loadable one there is {newest[0]} (step {newest[1]})" if newest
                 else "it holds no loadable checkpoint")
         raise CheckpointError(f"--ckpt_path {p} is a folder; pass a checkpoint file: {hint}")
+    if p.parent.is_dir():
+        with contextlib.suppress(OSError):  # temporary files of killed writers (a read-only folder keeps them)
+            remove_stale_temporaries(p.parent)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p} ({_other_checkpoints(p)})")
     if not zipfile.is_zipfile(p):
