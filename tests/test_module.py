@@ -16,7 +16,7 @@ def test_each_process_fits_and_samples(process: str) -> None:
     damping = 0.7 if process in ("uld", "vsuld") else 1.0
     beta = 20.0 if process == "vp" else 5.0
     model = ToyVSMD(hidden=16, depth=1, process=process, beta=beta, damping=damping, sa_every=2, sa_steps=3,
-                    sa_paths=16, sa_points=6, sa_lr=0.1, t_levels=50)
+                    sa_paths=16, sa_points=6, sa_lr=0.1, t_levels=50, parametrisation="eps")
     trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          limit_val_batches=0, enable_model_summary=False)
     trainer.fit(model, datamodule=Toy2DDataModule(batch_size=32))
@@ -30,6 +30,40 @@ def test_each_process_fits_and_samples(process: str) -> None:
         x = model.process.split(res.state)[0]
         assert x.shape == (64, 2) and torch.isfinite(x).all()
         assert res.nfe == (2 * 6 - 1 if sampler == "heun" else 5)
+    res = model.generate(64, sampler="ei", steps=6)
+    assert model.process.split(res.state)[0].shape == (64, 2)
+
+
+@pytest.mark.parametrize("process", ["vsuld", "cld"])
+def test_the_data_estimate_needs_the_full_eps_for_momentum_processes(process: str) -> None:
+    old = ToyVSMD(hidden=16, depth=1, process=process, sampler="ei")  # eps_v: the score only
+    with pytest.raises(ValueError, match="parametrisation 'eps'"):
+        old.generate(8, steps=4)
+    with pytest.raises(ValueError, match="parametrisation 'eps'"):
+        ToyVSMD(hidden=16, depth=1, process=process, t_stop=0.1).generate(8, sampler="heun", steps=4)
+    model = ToyVSMD(hidden=16, depth=1, process=process, parametrisation="eps", t_stop=0.1)
+    res = model.generate(8, steps=4)  # heun on 4 points to t_stop (no final Euler step), then the data estimate
+    assert res.nfe == 2 * 3 + 1 and float(res.times[-1]) == pytest.approx(0.1)
+    # The score of the full parametrisation is its v half alone: -eps_v / L_vv.
+    a, t = torch.randn(8, 4), torch.full((8,), 0.4)
+    eps = model._eps(model.eval_net, a, t, None)
+    torch.testing.assert_close(model.score(a, t), -eps[:, 2:] / model.process.noise_scale(t[:1]))
+
+
+def test_overdamped_processes_serve_ei_with_either_parametrisation() -> None:
+    for par in ("eps_v", "eps"):
+        model = ToyVSMD(hidden=16, depth=1, process="vp", beta=20.0, parametrisation=par, sampler="ei", ei_order=3)
+        res = model.generate(16, steps=6)
+        assert res.nfe == 5 and torch.isfinite(res.state).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"parametrisation": "x0"}, "parametrisation"),
+                                           ({"ei_order": 4}, "ei_order"), ({"ei_grid": "edm"}, "ei_grid"),
+                                           ({"t_stop": 1.5}, "t_stop"),
+                                           ({"parametrisation": "eps", "init_velocity": "dsm"}, "hsm")])
+def test_bad_ei_options(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ToyVSMD(hidden=16, depth=1, process="vsuld", **kwargs)
 
 
 def test_sa_schedule_respects_warmup_and_cooldown() -> None:

@@ -272,7 +272,7 @@ class OverdampedProcess(ForwardProcess):
     def rho_grad(self, g_alpha: Tensor, g_nu: Tensor | None) -> Tensor:
         return g_alpha * (-self._rate() / 2)
 
-    def perturb(self, x0, t, coeffs=None, generator=None):
+    def perturb(self, x0, t, coeffs=None, generator=None, full: bool = False):
         self._check_data(x0)
         k = coeffs if coeffs is not None else self.coefficients(t.to(x0.device))
         eps = _randn_like(x0, generator)
@@ -287,6 +287,11 @@ class OverdampedProcess(ForwardProcess):
         beta = pad_like(self.beta(t), a)
         d = self._rate().to(a.dtype)
         return 0.5 * beta * d * a + (0.5 if probability_flow else 1.0) * beta * score
+
+    def data_estimate(self, a: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """E[x0 | a_t] from the network's eps (Tweedie for a linear Gaussian kernel): (x - std eps) / m."""
+        k = self.coefficients(t[:1], dtype=a.dtype)
+        return (a - k["std"] * eps) / k["m"]
 
     def linear_step(self, a, t, t_next, generator=None):
         db = self.schedule.integral(torch.tensor(t, dtype=torch.float64)) - \
@@ -357,8 +362,11 @@ class MomentumProcess(ForwardProcess):
         omega, _, kappa = self.drift_params()
         return g_alpha * (-omega / (2 * self.gamma)) + g_nu * (-kappa / 4)
 
-    def perturb(self, x0, t, coeffs=None, generator=None):
+    def perturb(self, x0, t, coeffs=None, generator=None, full: bool = False):
+        """Draw a_t ~ p(a_t | x0): (a_t, eps target, L_vv); the target is eps_v, or (eps_x, eps_v) when ``full``."""
         self._check_data(x0)
+        if full and self.init_velocity != "hsm":
+            raise ValueError("the full eps target (parametrisation 'eps') needs init_velocity 'hsm'")
         k = coeffs if coeffs is not None else self.coefficients(t.to(x0.device))
         mx, mv = k["p11"] * x0, k["p21"] * x0
         if self.init_velocity == "dsm":  # sampled v0, Sigma_0 = 0
@@ -367,7 +375,7 @@ class MomentumProcess(ForwardProcess):
         ex, ev = _randn_like(x0, generator), _randn_like(x0, generator)
         x = mx + k["lxx"] * ex
         v = mv + k["lvx"] * ex + k["lvv"] * ev
-        return self.join(x, v), ev, k["lvv"]
+        return self.join(x, v), (self.join(ex, ev) if full else ev), k["lvv"]
 
     def prior_sample(self, n, generator=None, device=None):
         k = self.coefficients(torch.tensor([self.t_max], device=device), prior=True)
@@ -382,6 +390,18 @@ class MomentumProcess(ForwardProcess):
         dx = -0.5 * beta * v
         dv = 0.5 * beta * (omega * x + c * v) + (0.5 if probability_flow else 1.0) * beta * self.gamma * score
         return self.join(dx, dv)
+
+    def data_estimate(self, a: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """E[x0 | a_t] from the full eps = (eps_x, eps_v) (Tweedie): a - L eps = M x0_hat, solved by least squares
+        over the two rows (M = (p11, p21) is never zero, unlike either of its entries)."""
+        if eps.shape[1] != a.shape[1]:
+            raise ValueError("the data estimate of a momentum process needs the full eps (eps_x, eps_v): a model "
+                             "trained with parametrisation 'eps'")
+        k = self.coefficients(t[:1], dtype=a.dtype, prior=True)
+        x, v = self.split(a)
+        ex, ev = self.split(eps)
+        rx, rv = x - k["lxx"] * ex, v - k["lvx"] * ex - k["lvv"] * ev
+        return (k["p11"] * rx + k["p21"] * rv) / (k["p11"] ** 2 + k["p21"] ** 2)
 
     def linear_step(self, a, t, t_next, generator=None):
         x, v = self.split(a)

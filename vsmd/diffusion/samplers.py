@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from vsmd.diffusion.process import ForwardProcess
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-SAMPLERS = ("em", "sscs", "heun")
+SAMPLERS = ("em", "sscs", "heun", "ei")
 
 
 @dataclass
@@ -111,14 +111,38 @@ def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
 
 def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps: int,
            generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
-           progress: bool = False) -> SampleResult:
-    """Draw n samples from the prior N(0, Sigma_T) and run the sampler ``name`` on ``steps`` grid points."""
+           progress: bool = False, denoise_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+           ei_order: int = 1, ei_grid: str = "quadratic", t_stop: float | None = None) -> SampleResult:
+    """Draw n samples from the prior N(0, Sigma_T) and run the sampler ``name`` on ``steps`` grid points.
+
+    ``ei`` (the exponential integrator, vsmd.diffusion.ei) needs ``denoise_fn(a, t)``, the data estimate
+    E[x0 | a_t]. With ``t_stop`` every sampler stops at that time and returns the data estimate there (one more
+    network call) in place of the state's x.
+    """
+    from vsmd.diffusion.ei import ei_grid as make_ei_grid
+    from vsmd.diffusion.ei import exponential_integrator
+
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 2:
         raise ValueError(f"a sampler needs at least 2 grid points, got steps={steps}")
+    if (name == "ei" or t_stop is not None) and denoise_fn is None:
+        raise ValueError(f"sampler {name!r}{' with t_stop' if t_stop is not None else ''} needs the data estimate "
+                         "E[x0 | a_t] (denoise_fn)")
     a = process.prior_sample(n, generator=generator, device=device)
+    if name == "ei":
+        times = make_ei_grid(process, steps, ei_grid, t_stop, device=device)
+        return exponential_integrator(process, denoise_fn, a, times, ei_order, denoise_last=t_stop is not None,
+                                      return_trajectory=return_trajectory, progress=progress)
     times = process.time_grid(steps, device=device)
+    if t_stop is not None:
+        times = make_ei_grid(process, steps, "uniform", t_stop, device=device)
     fn = {"em": euler_maruyama, "sscs": splitting, "heun": heun}[name]
-    return fn(process, score_fn, a, times, generator=generator, return_trajectory=return_trajectory,
-              progress=progress)
+    kw = {"final_euler_to_zero": False} if (name == "heun" and t_stop is not None) else {}
+    res = fn(process, score_fn, a, times, generator=generator, return_trajectory=return_trajectory,
+             progress=progress, **kw)
+    if t_stop is None:
+        return res
+    parts = list(process.split(res.state))
+    parts[0] = denoise_fn(res.state, torch.full((n,), float(times[-1]), device=res.state.device))
+    return SampleResult(process.join(*parts), res.nfe + 1, times, res.trajectory)

@@ -13,9 +13,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
+from vsmd.diffusion.ei import EI_GRIDS
+from vsmd.diffusion.process import MOMENTUM
 from vsmd.diffusion.variational import SA_SAMPLERS
 
 RHO_INITS = ("data", "zero")
+PARAMETRISATIONS = ("eps_v", "eps")
+NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate E[x0 | a_t], which a momentum model has only "
+                    "when trained with parametrisation 'eps' (this one predicts eps_v only); use sampler heun, em or "
+                    "sscs without t_stop, or train with --model.init_args.parametrisation eps")
 # Training settings that may change when a fit resumes from a checkpoint (they take effect and are reported).
 RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
                    "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
@@ -76,8 +82,16 @@ class VSMDModule(pl.LightningModule):
             score, 0.003 at most 0.4% (benchmarks/results/sa_analysis.md, section 4).
         rho_init_samples: training samples the data moments for rho_init "data" are computed on.
         sampler: evaluation sampler: "heun" (probability-flow ODE), "sscs" (splitting SDE), "em".
-        sample_steps: grid points of the evaluation sampler.
+        sample_steps: grid points of the evaluation sampler (NFE: 2n - 1 for heun, n - 1 for em, sscs and ei).
         seed: seed of the SA simulations and evaluation sampling (independent of training randomness).
+        parametrisation: what the network predicts: "eps_v" (the velocity part of the Cholesky eps; the score
+            needs no more) or "eps" (eps_x and eps_v, so that the data estimate E[x0 | a_t] and the "ei" sampler
+            are available for momentum processes). Overdamped processes have one coordinate: both are the same.
+        ei_order: order (1 to 3) of the multistep exponential integrator ("ei" sampler). 1 by default: on trained
+            toy networks orders 2 and 3 blow up at 10-20 NFE (benchmarks/results/toy_ei.md), although they are
+            more accurate with an exact data estimate (benchmarks/results/ei_gaussian.md).
+        ei_grid: its time grid: "quadratic" (dense at the data end), "uniform" or "log".
+        t_stop: stop every sampler at this time and return the data estimate there (None: run to t_eps).
     """
 
     def __init__(
@@ -114,10 +128,22 @@ class VSMDModule(pl.LightningModule):
         sampler: str = "heun",
         sample_steps: int = 50,
         seed: int = 0,
+        parametrisation: str = "eps_v",
+        ei_order: int = 1,
+        ei_grid: str = "quadratic",
+        t_stop: float | None = None,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
+        if parametrisation == "eps" and init_velocity != "hsm" and process in MOMENTUM:
+            raise ValueError("parametrisation 'eps' needs init_velocity 'hsm'")
+        if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
+            raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
+        if t_stop is not None and not t_eps <= t_stop < 1.0:
+            raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
         if zb_mode not in ZB_MODES:
             raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
         if sa_sampler not in SA_SAMPLERS:
@@ -181,6 +207,11 @@ class VSMDModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------
     # Score.
     @property
+    def out_state(self) -> int:
+        """Coordinates the network predicts eps for: 2 (x and v) for parametrisation "eps" of a momentum process."""
+        return 2 if self.hparams.get("parametrisation", "eps_v") == "eps" and self.process.momentum else 1
+
+    @property
     def eval_net(self) -> nn.Module:
         return self.net_ema.module if self.net_ema is not None else self.net
 
@@ -189,7 +220,30 @@ class VSMDModule(pl.LightningModule):
         net = net if net is not None else self.eval_net
         tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
         scale = self.process.noise_scale(tt).to(a.dtype)
-        return -self._eps(net, a, t, cond) / scale
+        eps = self._eps(net, a, t, cond)
+        if self.out_state == 2:
+            eps = eps.chunk(2, dim=1)[1]  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
+        return -eps / scale
+
+    def denoise(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
+        """The data estimate E[x0 | a_t] (Tweedie) from the network's eps."""
+        if self.process.momentum and self.out_state != 2:
+            raise ValueError(NO_DATA_ESTIMATE)
+        net = net if net is not None else self.eval_net
+        return self.process.data_estimate(a, t, self._eps(net, a, t, cond))
+
+    def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of vsmd.diffusion.sample for ``sampler`` (default: the configured one): the EI settings,
+        t_stop (for the configured sampler only) and the data estimate where ei or t_stop needs it."""
+        h = self.hparams
+        name = sampler or h.sampler
+        opts: dict[str, Any] = {"ei_order": h.get("ei_order", 1), "ei_grid": h.get("ei_grid", "quadratic"),
+                                "t_stop": h.get("t_stop") if name == h.sampler else None}
+        if name == "ei" or opts["t_stop"] is not None:
+            if self.process.momentum and self.out_state != 2:
+                raise ValueError(NO_DATA_ESTIMATE)
+            opts["denoise_fn"] = lambda a, t: self.denoise(a, t, net, cond)
+        return opts
 
     @staticmethod
     def _eps(net: nn.Module, a: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
@@ -214,8 +268,10 @@ class VSMDModule(pl.LightningModule):
         mixed precision; returns the sampler's SampleResult."""
         gen = torch.Generator(self.device).manual_seed(self.hparams.seed if seed is None else seed)
         with self.sampling_mode(self.eval_net) as net:
+            opts = self.sampler_options(net, cond, sampler)
             return run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net, cond),
-                               n, steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress)
+                               n, steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress,
+                               **opts)
 
     # ----------------------------------------------------------------------------------------------
     # Score loss.
@@ -230,7 +286,7 @@ class VSMDModule(pl.LightningModule):
     def score_loss(self, x0: Tensor, net: nn.Module, cond: Tensor | None = None) -> Tensor:
         """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
         t, coeffs = self._sample_times(x0.shape[0])
-        a, eps, _ = self.process.perturb(x0, t, coeffs)
+        a, eps, _ = self.process.perturb(x0, t, coeffs, full=self.out_state == 2)
         eps_hat = self._eps(net, a, t, cond)
         return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
 

@@ -97,7 +97,7 @@ class ImageVSMD(VSMDModule):
         return (3, self._image_size, self._image_size)
 
     def build_net(self) -> nn.Module:
-        return UNet(3 * self.process.n_state, 3, self._image_size, **self._unet)
+        return UNet(3 * self.process.n_state, 3 * self.out_state, self._image_size, **self._unet)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -30,7 +30,8 @@ class MLPScoreNet(nn.Module):
     the initial score is 0 (a stable start for every process).
     """
 
-    def __init__(self, data_dim: int, n_state: int, hidden: int = 256, depth: int = 3, time_dim: int = 64) -> None:
+    def __init__(self, data_dim: int, n_state: int, hidden: int = 256, depth: int = 3, time_dim: int = 64,
+                 out_state: int = 1) -> None:
         super().__init__()
         self.embed = FourierTimeEmbedding(time_dim)
         self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -39,7 +40,7 @@ class MLPScoreNet(nn.Module):
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
             for _ in range(depth))
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, data_dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_state * data_dim))  # eps_v, or (eps_x, eps_v)
         nn.init.zeros_(self.out[1].weight)
         nn.init.zeros_(self.out[1].bias)
 
@@ -77,7 +78,7 @@ class ConditionalConvScoreNet(nn.Module):
     """
 
     def __init__(self, target_dim: int, n_state: int, cond_dim: int, channels: int = 8, layers: int = 8,
-                 time_dim: int = 32, emb_dim: int = 64) -> None:
+                 time_dim: int = 32, emb_dim: int = 64, out_state: int = 1) -> None:
         super().__init__()
         self.target_dim, self.n_state = target_dim, n_state
         self.embed = FourierTimeEmbedding(time_dim)
@@ -88,7 +89,9 @@ class ConditionalConvScoreNet(nn.Module):
         self.inp = nn.Conv1d(n_state, channels, 1)
         cycle = 2 if target_dim > 2 else 1  # circular padding must not exceed the length
         self.blocks = nn.ModuleList(_GatedConvBlock(channels, 2 ** (i % cycle), emb_dim) for i in range(layers))
-        self.head = nn.Sequential(nn.Conv1d(channels, channels, 1), nn.LeakyReLU(0.4), nn.Conv1d(channels, 1, 1))
+        self.out_state = out_state
+        self.head = nn.Sequential(nn.Conv1d(channels, channels, 1), nn.LeakyReLU(0.4),
+                                  nn.Conv1d(channels, out_state, 1))
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
 
@@ -101,7 +104,8 @@ class ConditionalConvScoreNet(nn.Module):
         for block in self.blocks:
             h, skip = block(h, temb, c)
             skips = skips + skip
-        return self.head(skips / math.sqrt(len(self.blocks))).squeeze(1)
+        out = self.head(skips / math.sqrt(len(self.blocks)))  # (B, out_state, D)
+        return out.squeeze(1) if self.out_state == 1 else out.reshape(n, -1)
 
 
 class TimeGradNet(nn.Module):
@@ -113,7 +117,7 @@ class TimeGradNet(nn.Module):
 
     def __init__(self, target_dim: int, n_state: int, lags: list[int], n_time_features: int, rnn: str = "gru",
                  hidden: int = 40, layers: int = 2, dropout: float = 0.1, cond_dim: int = 100,
-                 channels: int = 8, residual_layers: int = 8) -> None:
+                 channels: int = 8, residual_layers: int = 8, out_state: int = 1) -> None:
         super().__init__()
         if rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {rnn!r}")
@@ -123,7 +127,8 @@ class TimeGradNet(nn.Module):
         self.rnn = cell(target_dim * len(lags) + target_dim + n_time_features, hidden, layers, batch_first=True,
                         dropout=dropout if layers > 1 else 0.0)
         self.to_cond = nn.Linear(hidden, cond_dim)
-        self.score = ConditionalConvScoreNet(target_dim, n_state, cond_dim, channels, residual_layers)
+        self.score = ConditionalConvScoreNet(target_dim, n_state, cond_dim, channels, residual_layers,
+                                             out_state=out_state)
 
     def encode(self, values: Tensor, time_feat: Tensor, positions: Tensor, state=None):
         """Conditions for x at ``positions`` (T,) of ``values`` (B, L, D) scaled, ``time_feat`` (B, L', F).

@@ -85,7 +85,8 @@ class TimeSeriesVSMD(VSMDModule):
         return (self._target_dim,)
 
     def build_net(self) -> nn.Module:
-        return TimeGradNet(self._target_dim, self.process.n_state, self._lags, self._n_feat, **self._net_args)
+        return TimeGradNet(self._target_dim, self.process.n_state, self._lags, self._n_feat, **self._net_args,
+                           out_state=self.out_state)
 
     @property
     def max_lag(self) -> int:
@@ -186,8 +187,9 @@ class TimeSeriesVSMD(VSMDModule):
             for k in tqdm(range(horizon), desc="forecasting", leave=False, disable=not progress):
                 cond, state = net.encode(values, time_feat, torch.tensor([history + k], device=self.device), state)
                 cond = cond[:, 0]
+                opts = self.sampler_options(net, cond, sampler)
                 res = run_sampler(sampler or h.sampler, self.process, lambda a, t, c=cond: self.score(a, t, net, c),
-                                  len(cond), steps or h.sample_steps, gen, self.device)
+                                  len(cond), steps or h.sample_steps, gen, self.device, **opts)
                 values = torch.cat([values, self.process.split(res.state)[0][:, None]], dim=1)
                 nfe += res.nfe
         out = values[:, history:] * scale + loc

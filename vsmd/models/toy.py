@@ -42,7 +42,7 @@ class ToyVSMD(VSMDModule):
         return (self._data_dim,)
 
     def build_net(self) -> nn.Module:
-        return MLPScoreNet(self._data_dim, self.process.n_state, self._hidden, self._depth)
+        return MLPScoreNet(self._data_dim, self.process.n_state, self._hidden, self._depth, out_state=self.out_state)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -1,0 +1,225 @@
+"""The exponential integrator (sampler "ei") and the data estimate, against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vsmd.diffusion import heun, make_process
+from vsmd.diffusion.ei import EICoefficients, _Kernel, ei_grid, exponential_integrator
+
+F64 = torch.float64
+CASES = [("vp", 0.0, 20.0), ("vsdm", 0.6, 5.0), ("cld", 0.0, 10.0), ("uld", 0.0, 10.0), ("vscld", 1.3, 5.0),
+         ("vsuld", 0.9, 5.0)]
+
+
+class Gaussian:
+    """N(mu0, s2) data (1-D) under a process: the exact marginal at any t, its v-score and E[x0 | a_t]."""
+
+    def __init__(self, p, mu0: float, s2: float) -> None:
+        self.p, self.mu0, self.s2, self.k = p, mu0, s2, _Kernel(p)
+
+    def _moments(self, t):
+        k = self.k.at(t.reshape(-1)[:1].to(F64))
+        if not self.p.momentum:
+            m, std = k["m"][0], k["std"][0]
+            return (m,), (self.s2 * m * m + std**2,)
+        lxx, lvx, lvv, mx, mv = (k[n][0] for n in ("lxx", "lvx", "lvv", "mx", "mv"))
+        return (mx, mv), (lxx**2 + self.s2 * mx * mx, lxx * lvx + self.s2 * mx * mv,
+                          lvx**2 + lvv**2 + self.s2 * mv * mv)
+
+    def _dev(self, a, t):
+        m, c = self._moments(t)
+        if not self.p.momentum:
+            return m, c, ((a - m[0] * self.mu0) / c[0],)
+        x, v = self.p.split(a)
+        dx, dv = x - m[0] * self.mu0, v - m[1] * self.mu0
+        det = c[0] * c[2] - c[1] ** 2
+        return m, c, ((c[2] * dx - c[1] * dv) / det, (-c[1] * dx + c[0] * dv) / det)  # C^{-1}(a - M mu0)
+
+    def score(self, a, t):
+        return -self._dev(a, t)[2][-1]
+
+    def denoise(self, a, t):
+        m, _, w = self._dev(a, t)
+        return self.mu0 + self.s2 * sum(mi * wi for mi, wi in zip(m, w))
+
+    def sample(self, n: int, t: float, gen) -> torch.Tensor:
+        m, c = self._moments(torch.tensor([t], dtype=F64))
+        if not self.p.momentum:
+            return m[0] * self.mu0 + c[0].sqrt() * torch.randn(n, 1, generator=gen, dtype=F64)
+        chol = torch.linalg.cholesky(torch.stack([torch.stack([c[0], c[1]]), torch.stack([c[1], c[2]])]).reshape(2, 2))
+        z = torch.randn(n, 2, generator=gen, dtype=F64) @ chol.T
+        return torch.cat([z[:, :1] + m[0] * self.mu0, z[:, 1:] + m[1] * self.mu0], 1)
+
+
+def _process(name: str, rho: float, beta: float):
+    p = make_process(name, (1,), beta=beta)
+    p.rho.data.fill_(rho)
+    return p
+
+
+def _radau_flow(p, score, a0: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE from t_max to t_eps by scipy's implicit Radau (tolerance 1e-9)."""
+    from scipy.integrate import solve_ivp
+
+    def rhs(t: float, y):
+        a = torch.from_numpy(y).reshape(a0.shape)
+        tt = torch.full((a0.shape[0],), t, dtype=F64)
+        return (-p.reverse_drift(a, tt, score(a, tt), probability_flow=True)).reshape(-1).numpy()  # da/dt
+
+    sol = solve_ivp(rhs, (p.t_max, p.t_eps), a0.reshape(-1).numpy(), method="Radau", rtol=1e-9, atol=1e-11)
+    assert sol.success, sol.message
+    return torch.from_numpy(sol.y[:, -1]).reshape(a0.shape)
+
+
+@pytest.mark.parametrize("name, rho, beta", CASES)
+def test_a_single_data_point_is_exact_at_any_nfe(name: str, rho: float, beta: float) -> None:
+    p = _process(name, rho, beta)
+    g = Gaussian(p, 1.7, 0.0)
+    a0 = g.sample(16, p.t_max, torch.Generator().manual_seed(0))
+    outs = [exponential_integrator(p, g.denoise, a0, ei_grid(p, n).double(), order, denoise_last=False).state
+            for n in (3, 7, 20) for order in (1, 2, 3)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=0, atol=1e-9)
+    # The exact solution: an independent stiff solver (implicit Radau, scipy) on the probability-flow ODE. The
+    # flow is stiff near t_eps, where the x-marginal of a single point collapses; explicit Heun with 20 000
+    # uniform points is still 1e-4 off there (and converges to the EI answer at second order).
+    torch.testing.assert_close(outs[0], _radau_flow(p, g.score, a0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, rho, beta", [c for c in CASES if c[0] in ("cld", "uld", "vsuld")])
+def test_transition_against_rk4_of_the_linear_part(name: str, rho: float, beta: float) -> None:
+    """Psi(t, s) (closed form with a quadrature for the rotation) against RK4 of dPsi/dt = (F + G G^T P / 2) Psi."""
+    p = _process(name, rho, beta)
+    s, t = 1.0, 0.05
+    co = EICoefficients(p, torch.tensor([s, t], dtype=F64), 1)
+    kern = _Kernel(p)
+    omega, c, _ = p.drift_params()
+
+    def generator(tau: float) -> torch.Tensor:
+        k = kern.at(torch.tensor([tau], dtype=F64))
+        b = float(p.beta(torch.tensor([tau], dtype=F64)))
+        lxx, lvx, lvv = (float(k[n]) for n in ("lxx", "lvx", "lvv"))
+        sig = torch.tensor([[lxx**2, lxx * lvx], [lxx * lvx, lvx**2 + lvv**2]], dtype=F64)
+        f = 0.5 * b * torch.tensor([[0.0, 1.0], [-float(omega), -float(c)]], dtype=F64)
+        ggt = torch.tensor([[0.0, 0.0], [0.0, b * p.gamma]], dtype=F64)
+        return f + 0.5 * ggt @ torch.linalg.inv(sig)
+
+    psi, n = torch.eye(2, dtype=F64), 4000
+    taus = torch.linspace(s, t, n + 1, dtype=F64).tolist()
+    for a, b in zip(taus[:-1], taus[1:]):
+        h = b - a
+        k1 = generator(a) @ psi
+        k2 = generator(a + h / 2) @ (psi + h / 2 * k1)
+        k3 = generator(a + h / 2) @ (psi + h / 2 * k2)
+        k4 = generator(b) @ (psi + h * k3)
+        psi = psi + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    got = torch.tensor([[float(co.psi[0][0]), float(co.psi[0][1])], [float(co.psi[0][2]), float(co.psi[0][3])]], dtype=F64)
+    torch.testing.assert_close(got, psi, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, rho, beta", CASES)
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_weights_against_brute_force_quadrature(name: str, rho: float, beta: float, order: int) -> None:
+    p = _process(name, rho, beta)
+    times = ei_grid(p, 6).double()
+    co = EICoefficients(p, times, order)
+    kern = _Kernel(p)
+    i = 3  # a step with three previous estimates
+    s, t = float(times[i]), float(times[i + 1])
+    tau = torch.exp(torch.linspace(math.log(t), math.log(s), 200001, dtype=F64))
+    k = kern.at(tau)
+    # Psi(t, tau) from the closed form evaluated node by node through EICoefficients on [tau, t] (two-point grids).
+    sub = tau[::2000]
+    prev = [float(times[i - j]) for j in range(order)]
+    for j in range(order):
+        lag = torch.ones_like(sub)
+        for m, tm in enumerate(prev):
+            if m != j:
+                lag = lag * (sub.log() - math.log(tm)) / (math.log(prev[j]) - math.log(tm))
+        vals = []
+        for node, lj in zip(sub.tolist(), lag.tolist()):
+            if node <= t:  # Psi(t, t) = I
+                psi = (torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64), None, torch.ones(1, dtype=F64))
+                psi = psi if p.momentum else psi[:1]
+            else:
+                psi = EICoefficients(p, torch.tensor([node, t], dtype=F64), 1).psi[0]
+            kk = kern.at(torch.tensor([node], dtype=F64))
+            if p.momentum:
+                vals.append(torch.stack([psi[1], psi[3]]).reshape(2) * float(kk["cv"]) * lj)
+            else:
+                vals.append(psi[0].reshape(1) * float(kk["c"]) * lj)
+        vals = torch.stack(vals)
+        brute = -torch.trapezoid(vals, sub, dim=0)
+        got = torch.stack([w.reshape(()) for w in co.weights[i][j]])
+        torch.testing.assert_close(got, brute, rtol=2e-3, atol=1e-6)
+    del k
+
+
+@pytest.mark.parametrize("name, rho, beta", CASES)
+def test_weights_sum_to_the_exact_mean_transport(name: str, rho: float, beta: float) -> None:
+    """sum_j w_j = M_t - Psi(t, s) M_s: a constant data estimate is transported exactly."""
+    p = _process(name, rho, beta)
+    times = ei_grid(p, 8).double()
+    co = EICoefficients(p, times, 3)
+    kern = _Kernel(p)
+    for i in range(len(times) - 1):
+        ks, kt = kern.at(times[i:i + 1]), kern.at(times[i + 1:i + 2])
+        total = [sum(w[c] for w in co.weights[i]) for c in range(2 if p.momentum else 1)]
+        psi = co.psi[i]
+        if p.momentum:
+            want = (kt["mx"] - psi[0] * ks["mx"] - psi[1] * ks["mv"], kt["mv"] - psi[2] * ks["mx"] - psi[3] * ks["mv"])
+        else:
+            want = (kt["m"] - psi[0] * ks["m"],)
+        for got, exp in zip(total, want):
+            torch.testing.assert_close(got.reshape(()), exp.reshape(()), rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, rho, beta", CASES)
+def test_gaussian_data_within_one_percent_at_forty_nfe(name: str, rho: float, beta: float) -> None:
+    """From the exact marginal at T, ei (order 3, 40 network calls, quadratic grid) ends within 1% (sd) and 0.03
+    (mean) of the exact flow of the same starting points.
+
+    The issue asks for 1% at 10 NFE; that does not hold for this integrator on N(1.7, 3^2) data: at 10 NFE the sd
+    is 9-25% off (order 2) and at 20 NFE 1-5% (benchmarks/results/ei_gaussian.md). The data estimate of a
+    wide Gaussian moves fast in log-time where the data stops being forgotten, and the polynomial lags behind.
+    """
+    p = _process(name, rho, beta)
+    g = Gaussian(p, 1.7, 9.0)
+    a0 = g.sample(4000, p.t_max, torch.Generator().manual_seed(0))
+    ref = p.split(heun(p, g.score, a0, p.time_grid(1000).double()).state)[0]
+    res = exponential_integrator(p, g.denoise, a0, ei_grid(p, 41).double(), 3, denoise_last=False)
+    assert res.nfe == 40
+    x = p.split(res.state)[0]
+    assert abs(float(x.std() / ref.std()) - 1) < 0.01
+    assert abs(float(x.mean() - ref.mean())) < 0.03
+
+
+def test_order_of_convergence() -> None:
+    """Halving the step (quadratic grid) cuts the error of order k by about 2^k."""
+    p = _process("cld", 0.0, 10.0)
+    g = Gaussian(p, 1.7, 9.0)
+    a0 = g.sample(512, p.t_max, torch.Generator().manual_seed(1))
+    ref = heun(p, g.score, a0, torch.linspace(p.t_max, p.t_eps, 20000, dtype=F64), final_euler_to_zero=False).state
+    for order, want in ((1, 2.0), (2, 4.0)):
+        errs = [float((exponential_integrator(p, g.denoise, a0, ei_grid(p, n).double(), order,
+                                              denoise_last=False).state - ref).abs().mean()) for n in (41, 81)]
+        assert errs[0] / errs[1] > 0.75 * want, (order, errs)
+
+
+@pytest.mark.parametrize("name, rho, beta", CASES)
+def test_data_estimate_is_exact_for_a_point_and_unbiased_on_gaussian_data(name: str, rho: float, beta: float) -> None:
+    p = _process(name, rho, beta)
+    x0 = torch.full((64, 1), 1.7, dtype=F64)
+    for t in (p.t_eps, 0.3, 1.0):
+        tt = torch.full((64,), t, dtype=F64)
+        a, eps, _ = p.perturb(x0, tt, p.coefficients(tt, F64, prior=True), torch.Generator().manual_seed(0),
+                              **({"full": True} if p.momentum else {}))
+        torch.testing.assert_close(p.data_estimate(a, tt, eps), x0, rtol=0, atol=1e-9)
+    g = Gaussian(p, 1.7, 9.0)
+    a = g.sample(200_000, 0.3, torch.Generator().manual_seed(2))
+    est = g.denoise(a, torch.tensor([0.3], dtype=F64))
+    assert abs(float(est.mean()) - 1.7) < 0.03  # E[E[x0 | a_t]] = E[x0]

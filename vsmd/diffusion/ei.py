@@ -1,0 +1,244 @@
+"""Exponential integrator (EI) for the probability-flow ODE of every process, in the data-prediction form.
+
+Derivation (momentum processes; the overdamped case is the same with scalars). The forward process is linear,
+da = F(t) a dt + G(t) dW, and its kernel is Gaussian: a_t | x0 ~ N(M_t x0, Sigma_t), with M_t the first column of
+the transition and Sigma_t = L_t L_t^T (the initial velocity's variance included, i.e. the v0-marginal kernel).
+For a linear Gaussian kernel, Tweedie's formula gives the score as an affine function of the data estimate
+x0_hat(a, t) = E[x0 | a_t = a]:
+
+    grad log p_t(a) = -P_t (a - M_t x0_hat),    P_t = Sigma_t^{-1}.
+
+Put into the probability-flow ODE da/dt = F a - 1/2 G G^T grad log p_t(a):
+
+    da/dt = (F + 1/2 G G^T P_t) a + c_t x0_hat,    c_t = -1/2 G G^T P_t M_t.
+
+The linear part is solved exactly. For a single data point the deviation a - M_t x0 follows gDDIM's R_t
+(dR/dt = F R + 1/2 G G^T R^{-T}, R R^T = Sigma), so its transition is Psi(t, s) = R_t R_s^{-1}. Writing
+R = L Q with the Cholesky factor L and a rotation Q(theta) makes it explicit: Q^T dQ/dt is skew and its entry
+follows from the upper-right entry of L^{-1}(F L + 1/2 G G^T L^{-T}) - L^{-1} dL/dt, which gives
+
+    Psi(t, s) = L_t Rot(theta_t - theta_s) L_s^{-1},    d theta/dt = -F_xv L_vv / L_xx   (F_xv = beta / 2),
+
+a scalar quadrature (no eigen-decomposition, no matrix exponential; R = 1 is no special case). Overdamped:
+Psi(t, s) = std_t / std_s and c_t = -1/2 beta m_t / std_t^2.
+
+The step from s to t < s is then
+
+    a_t = Psi(t, s) a_s + int_s^t Psi(t, tau) c_tau x0_hat(tau) dtau,
+
+where x0_hat(tau) is the Lagrange polynomial through the last k network estimates (order k = 1, 2, 3). The
+weights int Psi c l_j are computed once per grid in float64 by Gauss-Legendre quadrature in log-time and
+cached until A changes. With a single data point x0_hat is constant (= x0), the polynomial is exact, and so is
+the step: sum_j w_j = M_t - Psi(t, s) M_s, so that a_t - M_t x0 = Psi(t, s)(a_s - M_s x0) to round-off.
+
+The data estimate: x0_hat at the last grid time is E[x0 | a] (Tweedie), exact at t_eps for a single point;
+``denoise_last`` returns it instead of the state's x (AGM's "sampling-hop" when the grid stops early).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vsmd.diffusion.process import ForwardProcess, pad_like
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+EI_GRIDS = ("quadratic", "uniform", "log")
+F64 = torch.float64
+
+
+def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
+    """Nodes and weights of the n-point Gauss-Legendre rule on [-1, 1] (Golub-Welsch), float64."""
+    k = torch.arange(1, n, dtype=F64)
+    beta = k / torch.sqrt(4 * k * k - 1)
+    jac = torch.diag(beta, 1) + torch.diag(beta, -1)
+    nodes, vecs = torch.linalg.eigh(jac)  # a symmetric tridiagonal matrix, not a drift
+    return nodes, 2 * vecs[0] ** 2
+
+
+def ei_grid(process: ForwardProcess, n: int, kind: str = "quadratic", t_stop: float | None = None,
+            device=None) -> Tensor:
+    """n decreasing times from t_max to t_stop (default t_eps): quadratic (dense at the data end), uniform in t,
+    or uniform in log t."""
+    if kind not in EI_GRIDS:
+        raise ValueError(f"ei grid must be one of {EI_GRIDS}, got {kind!r}")
+    if n < 2:
+        raise ValueError(f"an EI grid needs at least 2 points, got {n}")
+    lo = process.t_eps if t_stop is None else float(t_stop)
+    hi = process.t_max
+    if not process.t_eps <= lo < hi:
+        raise ValueError(f"t_stop must be in [t_eps, t_max) = [{process.t_eps}, {hi}), got {lo}")
+    u = torch.linspace(1.0, 0.0, n, dtype=F64)
+    if kind == "uniform":
+        t = lo + (hi - lo) * u
+    elif kind == "quadratic":
+        t = lo + (hi - lo) * u * u
+    else:
+        t = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+    t[0], t[-1] = hi, lo
+    return t.to(device=device, dtype=torch.float32)
+
+
+class _Kernel:
+    """The float64 pieces of one process at arbitrary times: L (or std), M (or m), c, and theta's rate."""
+
+    def __init__(self, process: ForwardProcess) -> None:
+        self.p = process
+
+    def at(self, tau: Tensor) -> dict[str, Tensor]:
+        p = self.p
+        k = p.coefficients(tau, dtype=F64, prior=True)
+        beta = pad_like(p.beta(tau.to(F64)), next(iter(k.values())))
+        if not p.momentum:
+            m, std = k["m"], k["std"]
+            return {"m": m, "std": std, "c": -0.5 * beta * m / std**2}
+        lxx, lvx, lvv, mx, mv = k["lxx"], k["lvx"], k["lvv"], k["p11"], k["p21"]
+        # P = Sigma^{-1} = L^{-T} L^{-1}; only its v-row enters c = (0, -1/2 g^2 (P M)_v).
+        ix, iv = mx / lxx, (mv - lvx * mx / lxx) / lvv  # L^{-1} M
+        pm_v = iv / lvv                                 # (L^{-T} L^{-1} M)_v
+        g2 = beta * p.gamma
+        return {"lxx": lxx, "lvx": lvx, "lvv": lvv, "mx": mx, "mv": mv, "cv": -0.5 * g2 * pm_v,
+                "rate": 0.5 * beta * lvv / lxx, "ix": ix}
+
+
+def _psi(k: _Kernel, t: Tensor, tau: Tensor, theta: Tensor | None) -> tuple[Tensor, ...]:
+    """Psi(t, tau) for scalar t and times tau (n,): momentum (p11, p12, p21, p22), overdamped (ratio,)."""
+    a, b = k.at(t.reshape(1)), k.at(tau)
+    if not k.p.momentum:
+        return (a["std"] / b["std"],)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    # L_t Rot L_tau^{-1}, with L^{-1} = [[1/lxx, 0], [-lvx/(lxx lvv), 1/lvv]].
+    r11, r12, r21, r22 = cos, -sin, sin, cos
+    q11 = r11 / b["lxx"] - r12 * b["lvx"] / (b["lxx"] * b["lvv"])
+    q12 = r12 / b["lvv"]
+    q21 = r21 / b["lxx"] - r22 * b["lvx"] / (b["lxx"] * b["lvv"])
+    q22 = r22 / b["lvv"]
+    return (a["lxx"] * q11, a["lxx"] * q12, a["lvx"] * q11 + a["lvv"] * q21, a["lvx"] * q12 + a["lvv"] * q22)
+
+
+class EICoefficients:
+    """Psi and the multistep weights of every step of one grid (float64), for one value of A."""
+
+    def __init__(self, process: ForwardProcess, times: Tensor, order: int, nodes: int = 24, pieces: int = 4,
+                 interp: str = "log") -> None:
+        if order not in (1, 2, 3):
+            raise ValueError(f"the EI order must be 1, 2 or 3, got {order}")
+        self.process, self.order = process, order
+        self.times = times.detach().to("cpu", F64)
+        kern = _Kernel(process)
+        gl_x, gl_w = _gauss_legendre(nodes)
+        self.psi: list[tuple[Tensor, ...]] = []
+        self.weights: list[list[tuple[Tensor, ...]]] = []
+        for i in range(len(self.times) - 1):
+            s, t = self.times[i], self.times[i + 1]
+            # Composite Gauss-Legendre in u = log tau on [log t, log s].
+            edges = torch.linspace(math.log(t), math.log(s), pieces + 1, dtype=F64)
+            u = torch.cat([(edges[j] + edges[j + 1]) / 2 + (edges[j + 1] - edges[j]) / 2 * gl_x
+                           for j in range(pieces)])
+            wq = torch.cat([(edges[j + 1] - edges[j]) / 2 * gl_w for j in range(pieces)])
+            tau = u.exp()
+            jac = wq * tau  # d tau = tau du
+            theta = self._theta(kern, t, tau, gl_x, gl_w) if process.momentum else None
+            psi_nodes = _psi(kern, t, tau, theta)
+            cn = kern.at(tau)
+            prev = [self.times[i - j] for j in range(min(order, i + 1))]  # x0_hat nodes: t_i, t_{i-1}, ...
+            step_w = []
+            z = tau.log() if interp == "log" else tau  # the variable x0_hat is a polynomial in
+            zp = [float(math.log(q)) if interp == "log" else float(q) for q in prev]
+            for j in range(len(prev)):
+                lag = torch.ones_like(tau)
+                for m, zm in enumerate(zp):
+                    if m != j:
+                        lag = lag * (z - zm) / (zp[j] - zm)
+                f = pad_like(-jac * lag, psi_nodes[0])  # int_s^t = -int_t^s
+                if process.momentum:
+                    step_w.append(((f * psi_nodes[1] * cn["cv"]).sum(0), (f * psi_nodes[3] * cn["cv"]).sum(0)))
+                else:
+                    step_w.append(((f * psi_nodes[0] * cn["c"]).sum(0),))
+            theta_s = self._theta(kern, t, s.reshape(1), gl_x, gl_w) if process.momentum else None
+            psi = tuple(z[0] for z in _psi(kern, t, s.reshape(1), theta_s))
+            # The Lagrange basis sums to 1, so the weights sum to int Psi c = M_t - Psi(t, s) M_s in closed form.
+            # Taking w_0 from that identity makes a constant data estimate exact to round-off (not to quadrature).
+            ks, kt = kern.at(s.reshape(1)), kern.at(t.reshape(1))
+            if process.momentum:
+                total = (kt["mx"][0] - psi[0] * ks["mx"][0] - psi[1] * ks["mv"][0],
+                         kt["mv"][0] - psi[2] * ks["mx"][0] - psi[3] * ks["mv"][0])
+            else:
+                total = (kt["m"][0] - psi[0] * ks["m"][0],)
+            rest = [sum(w[c] for w in step_w[1:]) for c in range(len(total))] if len(step_w) > 1 else None
+            step_w[0] = tuple(tot - (rest[c] if rest else 0) for c, tot in enumerate(total))
+            self.psi.append(psi)
+            self.weights.append(step_w)
+
+    @staticmethod
+    def _theta(kern: _Kernel, t: Tensor, tau: Tensor, gl_x: Tensor, gl_w: Tensor) -> Tensor:
+        """theta_t - theta_tau = int_t^tau (beta/2) L_vv / L_xx du for each tau (n,) >= t, shape (n, *data)."""
+        lo, hi = math.log(float(t)), torch.log(tau)                       # (n,)
+        u = (lo + hi[:, None]) / 2 + (hi[:, None] - lo) / 2 * gl_x         # (n, q)
+        w = (hi[:, None] - lo) / 2 * gl_w * u.exp()
+        rate = kern.at(u.exp().reshape(-1))["rate"]                        # (n*q, *data)
+        rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, q, *data)
+        return (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
+
+    def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor) -> bool:
+        t = times.detach().to("cpu", F64)
+        return (process is self.process and order == self.order and t.shape == self.times.shape
+                and torch.equal(t, self.times) and torch.equal(rho, self._rho))
+
+
+def ei_coefficients(process: ForwardProcess, times: Tensor, order: int) -> EICoefficients:
+    """The coefficients of ``times`` and ``order``, cached on the process until the grid, order or A changes."""
+    rho = process.rho.detach().to("cpu").clone()
+    cached = getattr(process, "_ei_cache", None)
+    if cached is not None and cached.matches(process, times, order, rho):
+        return cached
+    coeffs = EICoefficients(process, times, order)
+    coeffs._rho = rho
+    process._ei_cache = coeffs
+    return coeffs
+
+
+def exponential_integrator(process: ForwardProcess, denoise_fn: DenoiseFn, a: Tensor, times: Tensor,
+                           order: int = 2, denoise_last: bool = True, return_trajectory: bool = False,
+                           progress: bool = False):
+    """Multistep EI on the probability-flow ODE in the data-prediction form (module docstring).
+
+    ``denoise_fn(a, t)`` returns x0_hat (B, *data_shape). NFE = len(times) - 1, plus one when ``denoise_last``
+    returns the data estimate at the last grid time instead of the final state's x.
+    """
+    from vsmd.diffusion.samplers import SampleResult
+
+    co = ei_coefficients(process, times, order)
+    dev, dt = a.device, a.dtype
+    traj = [a] if return_trajectory else None
+    history: list[Tensor] = []
+    pairs = list(zip(times[:-1].tolist(), times[1:].tolist()))
+    for i, (t, _) in enumerate(tqdm(pairs, desc="EI sampling", leave=False, disable=not progress)):
+        tb = torch.full((a.shape[0],), t, device=dev)
+        history.insert(0, denoise_fn(a, tb))
+        history = history[:order]
+        w = [tuple(z.to(dev, dt) for z in wj) for wj in co.weights[i]]
+        psi = tuple(z.to(dev, dt) for z in co.psi[i])
+        if process.momentum:
+            x, v = process.split(a)
+            x_new = psi[0] * x + psi[1] * v
+            v_new = psi[2] * x + psi[3] * v
+            for (wx, wv), x0 in zip(w, history):
+                x_new, v_new = x_new + wx * x0, v_new + wv * x0
+            a = process.join(x_new, v_new)
+        else:
+            a = psi[0] * a + sum(wj[0] * x0 for wj, x0 in zip(w, history))
+        if traj is not None:
+            traj.append(a)
+    nfe = len(times) - 1
+    if denoise_last:
+        x0 = denoise_fn(a, torch.full((a.shape[0],), float(times[-1]), device=dev))
+        nfe += 1
+        parts = list(process.split(a))
+        parts[0] = x0
+        a = process.join(*parts)
+    return SampleResult(a, nfe, times, torch.stack(traj) if traj is not None else None)
