@@ -491,3 +491,22 @@ def test_ddp_on_two_cpu_ranks_keeps_a_equal_and_resumes(tmp_path: Path) -> None:
     resumed = fit(25, "--ckpt_path", str(ckpt))
     assert all(r["global_step"] == 25 and r["sa_stages"] == 2 for r in resumed)
     assert resumed[0]["rho"] == resumed[1]["rho"] != first[0]["rho"]
+
+
+def test_a_failed_run_keeps_its_folder_when_training_logged_values(tmp_path: Path) -> None:
+    """A fit whose first checkpoint write fails has trained: its TensorBoard events are output, not an empty folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from vsmd.cli import _has_output
+    empty, trained = tmp_path / "version_0", tmp_path / "version_1"
+    for run in (empty, trained):
+        run.mkdir()
+        (run / "config.yaml").write_text("model: {}\n")
+    w = SummaryWriter(str(empty))  # a fresh logger: header and hyper-parameters only
+    w.add_hparams({"lr": 1e-3}, {"hp_metric": -1}, run_name=".")  # what Lightning logs at the start
+    w.close()
+    w = SummaryWriter(str(trained))
+    w.add_scalar("train/loss", 1.0, 50)
+    w.close()
+    assert not _has_output(empty)
+    assert _has_output(trained)

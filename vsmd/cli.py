@@ -308,8 +308,22 @@ def _reserve_run_folder(trainer: dict) -> None:
 
 
 def _has_output(run: Path) -> bool:
-    """Whether a run folder holds anything of value (a checkpoint, metrics, samples, figures)."""
-    return any(p.is_file() and p.suffix in (".ckpt", ".json", ".npz", ".png") for p in run.rglob("*"))
+    """Whether a run folder holds anything of value: a checkpoint, metrics, samples, figures, or TensorBoard
+    events with logged values (training that ran, even if its first checkpoint write failed)."""
+    files = [p for p in run.rglob("*") if p.is_file()]
+    return (any(p.suffix in (".ckpt", ".json", ".npz", ".png") for p in files)
+            or any(p.name.startswith("events.out.tfevents") and _logged_values(p) for p in files))
+
+
+def _logged_values(events: Path) -> bool:
+    """Whether a TensorBoard event file holds any logged value (beyond the header and hyper-parameters a fresh
+    logger writes)."""
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        tags = (v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value)
+        return any(not tag.startswith("_hparams_") and tag != "hp_metric" for tag in tags)
+    except Exception:  # unreadable or truncated: keep the folder rather than guess
+        return True
 
 
 def _quiet_lightning() -> None:
