@@ -1,0 +1,153 @@
+"""Few-step sampling on the toys: quality against NFE for ei (orders 1-3, with and without the data estimate at
+t_stop), heun, sscs and em, on checkpoints trained from the default configs with parametrisation "eps".
+
+Writes benchmarks/results/toy_ei.md, .json and toy_ei.png. Fits are cached under --work (a rerun only samples).
+
+    python benchmarks/toy_ei.py                      # VSULD-5 on spiral-8Y and checkerboard-6X, seed 0
+    python benchmarks/toy_ei.py --models VSULD-5 CLD-10 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from toy2d import DATASETS, MODELS, ROOT, _latest, fit
+
+NFES = (5, 10, 20, 40, 99)
+T_STOP = 0.02  # the data estimate taken here ("+ x0" rows): one extra network call
+
+
+def steps_for(sampler: str, nfe: int, stop: bool) -> int:
+    """Grid points giving at most ``nfe`` network calls (heun: 2n - 1; others: n - 1; +1 for the data estimate)."""
+    budget = nfe - (1 if stop else 0)
+    return max(2, (budget + 1) // 2 if sampler == "heun" else budget + 1)
+
+
+@torch.no_grad()
+def sweep(ckpt: Path, config: str, seed: int, stretched: int) -> list[dict]:
+    from vsmd.datamodules import Toy2DDataModule
+    from vsmd.metrics import pmf_rmse, sample_problem, wasserstein1d
+    from vsmd.models import ToyVSMD
+    data = yaml.safe_load((ROOT / config).read_text())["data"]["init_args"]
+    real = Toy2DDataModule(data["dataset"], data["stretch"], seed=seed).fixed_set("test")
+    rows = []
+    variants = [("heun", None, False), ("sscs", None, False), ("em", None, False)]
+    variants += [("ei", k, stop) for k in (1, 2, 3) for stop in (False, True)]
+    for sampler, order, stop in variants:
+        for nfe in NFES:
+            model = ToyVSMD.load_from_checkpoint(ckpt, map_location="cpu", sampler=sampler, ei_order=order or 1,
+                                                 t_stop=T_STOP if stop else None)
+            start = time.perf_counter()
+            res = model.generate(len(real), steps=steps_for(sampler, nfe, stop), seed=seed)
+            wall = time.perf_counter() - start
+            fake = model.process.split(res.state)[0]
+            bad = sample_problem(fake, real.abs().max())
+            rows.append({"sampler": sampler, "order": order, "x0": stop, "nfe": res.nfe, "seconds": wall,
+                         "rmse_pmf": None if bad else pmf_rmse(real, fake),
+                         "w1": None if bad else float(wasserstein1d(real, fake)[stretched]),
+                         "std_ratio": None if bad else float(fake.std(0)[stretched] / real.std(0)[stretched])})
+    return rows
+
+
+def label(r: dict) -> str:
+    return r["sampler"] if r["sampler"] != "ei" else f"ei-{r['order']}" + (" + x0" if r["x0"] else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--models", nargs="+", default=["VSULD-5"])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy-ei")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    jobs = [(d, m, s) for d in args.datasets for m in args.models for s in args.seeds]
+
+    def train(job):
+        d, m, s = job
+        out = args.work / f"{d}_{m}_{s}"
+        ckpt_file = out / "ckpt.txt"
+        if not ckpt_file.is_file():
+            process, beta, damping, extra = MODELS[m]
+            fit(DATASETS[d][0], process, beta, damping, (*extra, "--model.init_args.parametrisation", "eps"),
+                args.steps, out, s)
+            ckpt_file.write_text(str(_latest(out) / "checkpoints" / "last.ckpt"))
+        return Path(ckpt_file.read_text())
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        ckpts = list(pool.map(train, jobs))
+    results = {}
+    for (d, m, s), ckpt in zip(jobs, ckpts):
+        stretched = 1 - DATASETS[d][1]
+        results[f"{d}|{m}|{s}"] = sweep(ckpt, DATASETS[d][0], s, stretched)
+    (args.out / "toy_ei.json").write_text(json.dumps(results, indent=1))
+    write_table(results, args)
+    plot(results, args.out / "toy_ei.png")
+
+
+def _fmt(vals, f):
+    v = [x for x in vals if x is not None]
+    if len(v) < len(vals):
+        return "diverged" if not v else f"{np.mean(v):{f}} ({len(vals) - len(v)} diverged)"
+    return f"{np.mean(v):{f}}" + (f" ± {np.std(v, ddof=1):{f}}" if len(v) > 1 else "")
+
+
+def write_table(results: dict, args) -> None:
+    lines = ["# Few-step sampling on the toys", "",
+             f"Command: `python benchmarks/toy_ei.py --models {' '.join(args.models)} --seeds "
+             f"{' '.join(map(str, args.seeds))}`. Default configs ({args.steps} steps) with "
+             "`--model.init_args.parametrisation eps`; 3000 samples against the test set; W1 and std ratio on the "
+             f"stretched axis; '+ x0': stop at t = {T_STOP} and return the data estimate (one more call). "
+             "Seconds: sampling wall time on CPU (2 threads, other work on the machine).", ""]
+    for key in dict.fromkeys(k.rsplit("|", 1)[0] for k in results):
+        runs = [v for k, v in results.items() if k.rsplit("|", 1)[0] == key]
+        d, m = key.split("|")
+        lines += [f"## {d}, {m} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
+                  "| sampler | NFE | RMSE PMF | W1 | std ratio | s |", "|---|---|---|---|---|---|"]
+        for i, r in enumerate(runs[0]):
+            col = [run[i] for run in runs]
+            lines.append(f"| {label(r)} | {r['nfe']} | {_fmt([c['rmse_pmf'] for c in col], '.5f')} | "
+                         f"{_fmt([c['w1'] for c in col], '.2f')} | {_fmt([c['std_ratio'] for c in col], '.3f')} | "
+                         f"{np.mean([c['seconds'] for c in col]):.2f} |")
+        lines.append("")
+    (args.out / "toy_ei.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(dict.fromkeys(k.rsplit("|", 1)[0] for k in results))
+    fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 7), squeeze=False)
+    for j, key in enumerate(keys):
+        rows = next(v for k, v in results.items() if k.startswith(key + "|"))
+        for name in dict.fromkeys(label(r) for r in rows):
+            pts = [(r["nfe"], r["rmse_pmf"], r["w1"]) for r in rows if label(r) == name and r["rmse_pmf"] is not None]
+            if pts:
+                n, rm, w = zip(*pts)
+                axes[0, j].plot(n, rm, "o-", label=name)
+                axes[1, j].plot(n, w, "o-", label=name)
+        axes[0, j].set_title(key.replace("|", ", "))
+        for i, yl in enumerate(("RMSE PMF", "W1 (stretched axis)")):
+            axes[i, j].set_xscale("log")
+            axes[i, j].set_yscale("log")
+            axes[i, j].set_ylabel(yl)
+            axes[i, j].set_xlabel("NFE")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
