@@ -1,5 +1,5 @@
 """Few-step sampling on the toys: quality against NFE for ei (orders 1-3, with and without the data estimate at
-t_stop), heun, sscs and em, on checkpoints trained from the default configs with parametrisation "eps".
+t_stop), heun, sscs and em, on checkpoints trained from the default configs (parametrisation eps_v).
 
 Writes benchmarks/results/toy_ei.md, .json and toy_ei.png. Fits are cached under --work (a rerun only samples).
 
@@ -43,7 +43,7 @@ def sweep(ckpt: Path, config: str, seed: int, stretched: int) -> list[dict]:
     variants += [("ei", k, stop) for k in (1, 2, 3) for stop in (False, True)]
     for sampler, order, stop in variants:
         for nfe in NFES:
-            model = ToyVSMD.load_from_checkpoint(ckpt, map_location="cpu", sampler=sampler, ei_order=order or 1,
+            model = ToyVSMD.load_from_checkpoint(ckpt, map_location="cpu", sampler=sampler, ei_order=order or 3,
                                                  t_stop=T_STOP if stop else None)
             start = time.perf_counter()
             res = model.generate(len(real), steps=steps_for(sampler, nfe, stop), seed=seed)
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="+", default=["VSULD-5"])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy-ei")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy-ei-v")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -79,7 +79,7 @@ def main() -> None:
         ckpt_file = out / "ckpt.txt"
         if not ckpt_file.is_file():
             process, beta, damping, extra = MODELS[m]
-            fit(DATASETS[d][0], process, beta, damping, (*extra, "--model.init_args.parametrisation", "eps"),
+            fit(DATASETS[d][0], process, beta, damping, extra,
                 args.steps, out, s)
             ckpt_file.write_text(str(_latest(out) / "checkpoints" / "last.ckpt"))
         return Path(ckpt_file.read_text())
@@ -105,8 +105,8 @@ def _fmt(vals, f):
 def write_table(results: dict, args) -> None:
     lines = ["# Few-step sampling on the toys", "",
              f"Command: `python benchmarks/toy_ei.py --models {' '.join(args.models)} --seeds "
-             f"{' '.join(map(str, args.seeds))}`. Default configs ({args.steps} steps) with "
-             "`--model.init_args.parametrisation eps`; 3000 samples against the test set; W1 and std ratio on the "
+             f"{' '.join(map(str, args.seeds))}`. Default configs ({args.steps} steps, "
+             "parametrisation eps_v); 3000 samples against the test set; W1 and std ratio on the "
              f"stretched axis; '+ x0': stop at t = {T_STOP} and return the data estimate (one more call). "
              "Seconds: sampling wall time on CPU (2 threads, other work on the machine).", ""]
     for key in dict.fromkeys(k.rsplit("|", 1)[0] for k in results):

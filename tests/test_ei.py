@@ -223,3 +223,25 @@ def test_data_estimate_is_exact_for_a_point_and_unbiased_on_gaussian_data(name: 
     a = g.sample(200_000, 0.3, torch.Generator().manual_seed(2))
     est = g.denoise(a, torch.tensor([0.3], dtype=F64))
     assert abs(float(est.mean()) - 1.7) < 0.03  # E[E[x0 | a_t]] = E[x0]
+
+
+@pytest.mark.parametrize("name, rho, beta", [c for c in CASES if c[0] != "vp" and c[0] != "vsdm"])
+def test_the_flow_estimate_from_eps_v_is_exact_for_a_point_and_gives_the_same_flow(name: str, rho: float,
+                                                                                  beta: float) -> None:
+    """flow_estimate (the v row of Tweedie, from eps_v alone) is exact for a single point, and on Gaussian data its
+    network term c * x0_v equals the one of the full E[x0 | a_t], so ei runs the same flow as the exact score."""
+    p = _process(name, rho, beta)
+    x0 = torch.full((64, 1), 1.7, dtype=F64)
+    for t in (p.t_eps, 0.3, 1.0):
+        tt = torch.full((64,), t, dtype=F64)
+        a, eps, _ = p.perturb(x0, tt, p.coefficients(tt, F64, prior=True), torch.Generator().manual_seed(0))
+        torch.testing.assert_close(p.flow_estimate(a, tt, eps), x0, rtol=0, atol=1e-8)
+    g = Gaussian(p, 1.7, 9.0)
+    kern = _Kernel(p)
+    for t in (0.01, 0.3, 0.9):
+        tt = torch.full((4000,), t, dtype=F64)
+        a = g.sample(4000, t, torch.Generator().manual_seed(3))
+        k = kern.at(tt[:1])
+        eps_v = -g.score(a, tt) * k["lvv"]  # score_v = -eps_v / L_vv
+        cv = k["cv"]
+        torch.testing.assert_close(cv * p.flow_estimate(a, tt, eps_v), cv * g.denoise(a, tt), rtol=1e-7, atol=1e-9)

@@ -35,19 +35,19 @@ def test_each_process_fits_and_samples(process: str) -> None:
 
 
 @pytest.mark.parametrize("process", ["vsuld", "cld"])
-def test_the_data_estimate_needs_the_full_eps_for_momentum_processes(process: str) -> None:
-    old = ToyVSMD(hidden=16, depth=1, process=process, sampler="ei")  # eps_v: the score only
-    with pytest.raises(ValueError, match="parametrisation 'eps'"):
-        old.generate(8, steps=4)
-    with pytest.raises(ValueError, match="parametrisation 'eps'"):
-        ToyVSMD(hidden=16, depth=1, process=process, t_stop=0.1).generate(8, sampler="heun", steps=4)
+def test_ei_serves_both_parametrisations_and_refuses_dsm(process: str) -> None:
+    with pytest.raises(ValueError, match="init_velocity hsm"):
+        ToyVSMD(hidden=16, depth=1, process=process, sampler="ei", init_velocity="dsm").generate(8, steps=4)
+    old = ToyVSMD(hidden=16, depth=1, process=process, sampler="ei")  # eps_v: the v row is all ei needs
+    assert old.generate(8, steps=4).nfe == 3
     model = ToyVSMD(hidden=16, depth=1, process=process, parametrisation="eps", t_stop=0.1)
     res = model.generate(8, steps=4)  # heun on 4 points to t_stop (no final Euler step), then the data estimate
     assert res.nfe == 2 * 3 + 1 and float(res.times[-1]) == pytest.approx(0.1)
-    # The score of the full parametrisation is its v half alone: -eps_v / L_vv.
+    # The score of the full parametrisation is its v half alone: -eps_v / L_vv; so is the flow's data estimate.
     a, t = torch.randn(8, 4), torch.full((8,), 0.4)
     eps = model._eps(model.eval_net, a, t, None)
     torch.testing.assert_close(model.score(a, t), -eps[:, 2:] / model.process.noise_scale(t[:1]))
+    torch.testing.assert_close(model.denoise(a, t), model.process.flow_estimate(a, t, eps[:, 2:]))
 
 
 def test_overdamped_processes_serve_ei_with_either_parametrisation() -> None:

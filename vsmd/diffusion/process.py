@@ -403,6 +403,20 @@ class MomentumProcess(ForwardProcess):
         rx, rv = x - k["lxx"] * ex, v - k["lvx"] * ex - k["lvv"] * ev
         return (k["p11"] * rx + k["p21"] * rv) / (k["p11"] ** 2 + k["p21"] ** 2)
 
+    def flow_estimate(self, a: Tensor, t: Tensor, eps_v: Tensor) -> Tensor:
+        """The data estimate of the probability-flow ODE from eps_v alone (the v row of Tweedie's formula).
+
+        With z = L^{-1} a and i = L^{-1} M: z_v = i_v x0 + eps_v for a single data point, so
+        x0_v = (z_v - eps_v) / i_v is exact there, and since G G^T acts on v alone the PF-ODE equals
+        da/dt = (F + 1/2 G G^T P) a + c x0_v with the same score the other samplers use (no eps_x needed).
+        i_v can cross zero for under-damped processes at large rho; c has the same zero there.
+        """
+        k = self.coefficients(t[:1], dtype=a.dtype, prior=True)
+        x, v = self.split(a)
+        zv = (v - k["lvx"] * x / k["lxx"]) / k["lvv"]
+        iv = (k["p21"] - k["lvx"] * k["p11"] / k["lxx"]) / k["lvv"]
+        return (zv - eps_v) / iv
+
     def linear_step(self, a, t, t_next, generator=None):
         x, v = self.split(a)
         db = self.schedule.integral(torch.tensor(t, dtype=torch.float64)) - \

@@ -112,7 +112,7 @@ def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
 def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps: int,
            generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
            progress: bool = False, denoise_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-           ei_order: int = 1, ei_grid: str = "quadratic", t_stop: float | None = None) -> SampleResult:
+           ei_order: int = 3, ei_grid: str = "quadratic", t_stop: float | None = None) -> SampleResult:
     """Draw n samples from the prior N(0, Sigma_T) and run the sampler ``name`` on ``steps`` grid points.
 
     ``ei`` (the exponential integrator, vsmd.diffusion.ei) needs ``denoise_fn(a, t)``, the data estimate

@@ -19,9 +19,9 @@ from vsmd.diffusion.variational import SA_SAMPLERS
 
 RHO_INITS = ("data", "zero")
 PARAMETRISATIONS = ("eps_v", "eps")
-NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate E[x0 | a_t], which a momentum model has only "
-                    "when trained with parametrisation 'eps' (this one predicts eps_v only); use sampler heun, em or "
-                    "sscs without t_stop, or train with --model.init_args.parametrisation eps")
+NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
+                    "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
+                    "t_stop, or train with --model.init_args.init_velocity hsm")
 # Training settings that may change when a fit resumes from a checkpoint (they take effect and are reported).
 RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
                    "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
@@ -85,11 +85,10 @@ class VSMDModule(pl.LightningModule):
         sample_steps: grid points of the evaluation sampler (NFE: 2n - 1 for heun, n - 1 for em, sscs and ei).
         seed: seed of the SA simulations and evaluation sampling (independent of training randomness).
         parametrisation: what the network predicts: "eps_v" (the velocity part of the Cholesky eps; the score
-            needs no more) or "eps" (eps_x and eps_v, so that the data estimate E[x0 | a_t] and the "ei" sampler
-            are available for momentum processes). Overdamped processes have one coordinate: both are the same.
-        ei_order: order (1 to 3) of the multistep exponential integrator ("ei" sampler). 1 by default: on trained
-            toy networks orders 2 and 3 blow up at 10-20 NFE (benchmarks/results/toy_ei.md), although they are
-            more accurate with an exact data estimate (benchmarks/results/ei_gaussian.md).
+            and the "ei" sampler need no more) or "eps" (eps_x too, for the full Tweedie estimate
+            ``process.data_estimate``). Overdamped processes have one coordinate: both are the same.
+        ei_order: order (1 to 3) of the multistep exponential integrator ("ei" sampler); 3 is the most accurate
+            on the toys at 10-40 NFE (benchmarks/results/toy_ei.md).
         ei_grid: its time grid: "quadratic" (dense at the data end), "uniform" or "log".
         t_stop: stop every sampler at this time and return the data estimate there (None: run to t_eps).
     """
@@ -129,7 +128,7 @@ class VSMDModule(pl.LightningModule):
         sample_steps: int = 50,
         seed: int = 0,
         parametrisation: str = "eps_v",
-        ei_order: int = 1,
+        ei_order: int = 3,
         ei_grid: str = "quadratic",
         t_stop: float | None = None,
     ) -> None:
@@ -226,21 +225,23 @@ class VSMDModule(pl.LightningModule):
         return -eps / scale
 
     def denoise(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
-        """The data estimate E[x0 | a_t] (Tweedie) from the network's eps."""
-        if self.process.momentum and self.out_state != 2:
-            raise ValueError(NO_DATA_ESTIMATE)
+        """The data estimate the "ei" sampler and t_stop use: Tweedie's E[x0 | a_t] for overdamped processes, its
+        v row (``flow_estimate``, from eps_v alone) for momentum processes."""
         net = net if net is not None else self.eval_net
-        return self.process.data_estimate(a, t, self._eps(net, a, t, cond))
+        eps = self._eps(net, a, t, cond)
+        if not self.process.momentum:
+            return self.process.data_estimate(a, t, eps)
+        return self.process.flow_estimate(a, t, eps.chunk(2, dim=1)[1] if self.out_state == 2 else eps)
 
     def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None) -> dict[str, Any]:
         """Keyword arguments of vsmd.diffusion.sample for ``sampler`` (default: the configured one): the EI settings,
         t_stop (for the configured sampler only) and the data estimate where ei or t_stop needs it."""
         h = self.hparams
         name = sampler or h.sampler
-        opts: dict[str, Any] = {"ei_order": h.get("ei_order", 1), "ei_grid": h.get("ei_grid", "quadratic"),
+        opts: dict[str, Any] = {"ei_order": h.get("ei_order", 3), "ei_grid": h.get("ei_grid", "quadratic"),
                                 "t_stop": h.get("t_stop") if name == h.sampler else None}
         if name == "ei" or opts["t_stop"] is not None:
-            if self.process.momentum and self.out_state != 2:
+            if self.process.momentum and self.hparams.get("init_velocity", "hsm") != "hsm":
                 raise ValueError(NO_DATA_ESTIMATE)
             opts["denoise_fn"] = lambda a, t: self.denoise(a, t, net, cond)
         return opts
