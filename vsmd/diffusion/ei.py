@@ -102,12 +102,11 @@ class _Kernel:
             m, std = k["m"], k["std"]
             return {"m": m, "std": std, "c": -0.5 * beta * m / std**2}
         lxx, lvx, lvv, mx, mv = k["lxx"], k["lvx"], k["lvv"], k["p11"], k["p21"]
-        # P = Sigma^{-1} = L^{-T} L^{-1}; only its v-row enters c = (0, -1/2 g^2 (P M)_v).
-        ix, iv = mx / lxx, (mv - lvx * mx / lxx) / lvv  # L^{-1} M
-        pm_v = iv / lvv                                 # (L^{-T} L^{-1} M)_v
+        # P = Sigma^{-1} = L^{-T} L^{-1}; only its v-row enters c = (0, -1/2 g^2 (P M)_v) = (L^{-1} M)_v / L_vv.
+        pm_v = p.whiten_v(k, mx, mv) / lvv
         g2 = beta * p.gamma
         return {"lxx": lxx, "lvx": lvx, "lvv": lvv, "mx": mx, "mv": mv, "cv": -0.5 * g2 * pm_v,
-                "rate": 0.5 * beta * lvv / lxx, "ix": ix}
+                "rate": 0.5 * beta * lvv / lxx}
 
 
 def _psi(k: _Kernel, t: Tensor, tau: Tensor, theta: Tensor | None) -> tuple[Tensor, ...]:

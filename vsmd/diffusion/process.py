@@ -412,10 +412,12 @@ class MomentumProcess(ForwardProcess):
         i_v can cross zero for under-damped processes at large rho; c has the same zero there.
         """
         k = self.coefficients(t[:1], dtype=a.dtype, prior=True)
-        x, v = self.split(a)
-        zv = (v - k["lvx"] * x / k["lxx"]) / k["lvv"]
-        iv = (k["p21"] - k["lvx"] * k["p11"] / k["lxx"]) / k["lvv"]
-        return (zv - eps_v) / iv
+        return (self.whiten_v(k, *self.split(a)) - eps_v) / self.whiten_v(k, k["p11"], k["p21"])
+
+    @staticmethod
+    def whiten_v(k: dict[str, Tensor], x: Tensor, v: Tensor) -> Tensor:
+        """The v entry of L^{-1} (x, v) for the Cholesky factor L = [[lxx, 0], [lvx, lvv]] in ``k``."""
+        return (v - k["lvx"] * x / k["lxx"]) / k["lvv"]
 
     def linear_step(self, a, t, t_next, generator=None):
         x, v = self.split(a)

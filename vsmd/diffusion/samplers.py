@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vsmd.diffusion.ei import ei_grid as make_ei_grid
+from vsmd.diffusion.ei import exponential_integrator
 from vsmd.diffusion.process import ForwardProcess
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -119,9 +121,6 @@ def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps:
     E[x0 | a_t]. With ``t_stop`` every sampler stops at that time and returns the data estimate there (one more
     network call) in place of the state's x.
     """
-    from vsmd.diffusion.ei import ei_grid as make_ei_grid
-    from vsmd.diffusion.ei import exponential_integrator
-
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 2:

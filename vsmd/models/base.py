@@ -219,19 +219,21 @@ class VSMDModule(pl.LightningModule):
         net = net if net is not None else self.eval_net
         tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
         scale = self.process.noise_scale(tt).to(a.dtype)
-        eps = self._eps(net, a, t, cond)
-        if self.out_state == 2:
-            eps = eps.chunk(2, dim=1)[1]  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
-        return -eps / scale
+        return -self._eps_v(net, a, t, cond) / scale  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
 
     def denoise(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
         """The data estimate the "ei" sampler and t_stop use: Tweedie's E[x0 | a_t] for overdamped processes, its
         v row (``flow_estimate``, from eps_v alone) for momentum processes."""
         net = net if net is not None else self.eval_net
-        eps = self._eps(net, a, t, cond)
+        eps_v = self._eps_v(net, a, t, cond)
         if not self.process.momentum:
-            return self.process.data_estimate(a, t, eps)
-        return self.process.flow_estimate(a, t, eps.chunk(2, dim=1)[1] if self.out_state == 2 else eps)
+            return self.process.data_estimate(a, t, eps_v)
+        return self.process.flow_estimate(a, t, eps_v)
+
+    def _eps_v(self, net: nn.Module, a: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        """The velocity part of the network's eps (all of it, except for parametrisation "eps")."""
+        eps = self._eps(net, a, t, cond)
+        return eps.chunk(2, dim=1)[1] if self.out_state == 2 else eps
 
     def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None) -> dict[str, Any]:
         """Keyword arguments of vsmd.diffusion.sample for ``sampler`` (default: the configured one): the EI settings,
