@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -85,11 +86,19 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
         main(["fit", *tiny(tmp_path), *every(tmp_path, 10), "--trainer.max_steps", "30"])
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "no space left on the device" in err and "MiB" in err and "epoch=0-step=20.ckpt" in err
+    assert "no space left on the device" in err and "epoch=0-step=20.ckpt" in err
+    assert re.search(r"it needs [1-9][0-9.]* (B|KiB|MiB) and [1-9][0-9.]* (B|KiB|MiB|GiB) are free", err), err
     ckpts = versions(tmp_path)[-1] / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
     assert names == ["epoch=0-step=10.ckpt", "last.ckpt"], names  # no fragment, no temp file
     assert _step(ckpts / "last.ckpt") == 10
+
+
+def test_sizes_in_messages_keep_three_significant_digits() -> None:
+    from vsmd.checkpointing import format_size
+
+    assert [format_size(n) for n in (812, 4311, 150_000, 169 * 2**20, 5 * 2**30, 3 * 2**40)] == [
+        "812 B", "4.21 KiB", "146 KiB", "169 MiB", "5 GiB", "3072 GiB"]
 
 
 def test_a_full_disk_outside_checkpoints_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -104,6 +113,32 @@ def test_a_full_disk_outside_checkpoints_is_a_clear_error(tmp_path: Path, monkey
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "vsmd: error: the disk is full" in err and "Traceback" not in err
+
+
+FULL_DISK_IN_TENSORBOARD = """
+import errno, sys
+import tensorboard.summary.writer.record_writer as rw
+real, calls = rw.RecordWriter.write, [0]
+def write(self, data):  # TensorBoard's writer thread meets a full disk after a few events
+    calls[0] += 1
+    if calls[0] > 5:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    real(self, data)
+rw.RecordWriter.write = write
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_cli import tiny
+from vsmd.cli import main
+main(["fit", *tiny(Path({save!r})), "--trainer.max_steps", "60", "--trainer.log_every_n_steps", "1"])
+"""
+
+
+def test_a_full_disk_under_tensorboard_is_one_message_not_a_thread_traceback(tmp_path: Path) -> None:
+    code = FULL_DISK_IN_TENSORBOARD.format(tests=str(ROOT / "tests"), save=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert "vsmd: error: the disk is full" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr
 
 
 def test_loading_a_checkpoint_removes_temporaries_of_killed_writers(tmp_path: Path) -> None:
@@ -144,6 +179,26 @@ def test_a_missing_last_checkpoint_names_the_newest_loadable_one(tmp_path: Path,
         assert "epoch=0-step=10.ckpt (step 10)" in err, err
 
 
+def test_a_failed_fit_names_the_checkpoint_and_the_command_that_resume_it(tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    from vsmd.models import VSMDModule
+
+    real = VSMDModule.batch_loss
+
+    def loss(self, batch, net):  # the loss turns NaN at step 15
+        value = real(self, batch, net)
+        return value * float("nan") if self.global_step >= 15 else value
+
+    monkeypatch.setattr(VSMDModule, "batch_loss", loss)
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny(tmp_path), *every(tmp_path, 10), "--trainer.max_steps", "30"])
+    err = capsys.readouterr().err
+    run = versions(tmp_path)[-1]
+    assert "the score loss is nan at step 15" in err
+    assert f"newest loadable checkpoint of this run is {run / 'checkpoints' / 'last.ckpt'} (step 10)" in err
+    assert f"vsmd fit --config {run / 'config.yaml'} --ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in err
+
+
 # --- resume and evaluation need a trained run -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -174,6 +229,26 @@ def test_resume_applies_changed_learning_rates_and_says_so(run: Path, tmp_path: 
     assert sa["steps"] == 10  # stages at steps 10 and 20, of 5 A-steps each: the schedule went on
     assert sa["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.99 ** (sa["steps"] // 100))
     assert "lr: 0.0005" in (new / "config.yaml").read_text()
+
+
+def test_resume_applies_a_changed_sa_schedule_and_ema(run: Path, tmp_path: Path, capsys) -> None:
+    """sa_every 10 -> 5 runs stages at steps 20 and 25; ema_decay 0.999 -> 0 and back (a strict state-dict load
+    failed on both before)."""
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "30", "--model.init_args.sa_every", "5",
+          "--model.init_args.ema_decay", "0.0", "--ckpt_path", str(_last(run))])
+    out = capsys.readouterr().out
+    assert "sa_every 10 -> 5" in out and "ema_decay 0.999 -> 0.0" in out
+    first = _last(versions(tmp_path)[-1])
+    ckpt = torch.load(first, map_location="cpu", weights_only=True)
+    assert ckpt["vsmd_sa"]["stages"] == 3  # step 10 of the first run, then 20 and 25
+    assert not any(k.startswith("net_ema.") for k in ckpt["state_dict"])
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "34", "--model.init_args.sa_every", "5",
+          "--ckpt_path", str(first)])
+    assert "ema_decay 0.0 -> 0.999" in capsys.readouterr().out
+    ckpt = torch.load(_last(versions(tmp_path)[-1]), map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    assert int(state["net_ema.n_averaged"]) == 4  # started from the network at step 30, 4 updates since
+    assert any(not torch.equal(state[k], state[f"net_ema.module.{k[4:]}"]) for k in state if k.startswith("net."))
 
 
 def test_resume_refuses_a_changed_process_and_names_both_values(run: Path, tmp_path: Path, capsys) -> None:
@@ -269,14 +344,15 @@ def test_a_non_finite_sa_gradient_stops_training_and_leaves_a_unchanged(monkeypa
 
 # --- 7. evaluation needs a checkpoint ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sub", ["test", "predict"])
+@pytest.mark.parametrize("sub", ["validate", "test", "predict"])
 def test_evaluation_without_a_checkpoint_is_an_error_unless_asked_for(tmp_path: Path, capsys, sub: str) -> None:
     with pytest.raises(SystemExit):
         main([sub, *tiny(tmp_path)])
     assert f"vsmd {sub} needs --ckpt_path" in capsys.readouterr().err
     assert versions(tmp_path) == []
     main([sub, *tiny(tmp_path), "--ckpt_path", "untrained"])
-    assert any(p.suffix in (".json", ".npz") for p in versions(tmp_path)[-1].iterdir())
+    wrote = [p.name for p in versions(tmp_path)[-1].rglob("*") if p.is_file()]
+    assert any(n.endswith((".json", ".npz")) or (sub == "validate" and n.startswith("events.out")) for n in wrote)
 
 
 # --- 8. NaN in the data -----------------------------------------------------------------------------------------------
@@ -292,6 +368,12 @@ def test_missing_values_in_a_dataset_are_refused_with_file_series_and_index(tmp_
     with pytest.raises(ValueError, match=r"solar_nips \(train split\): series 2 .* 1 missing or infinite values, "
                                          r"the first at time index 17"):
         load_series("solar_nips", tmp_path, download=False)
+    values = synthetic_series(4, 120)
+    values[1, 115] = np.inf  # past the 108 training steps: only the test windows hold it
+    write_materialised(values, tmp_path / "electricity_nips", "2020-01-01 00:00", "h", 6, 2)
+    with pytest.raises(ValueError, match=r"electricity_nips \(test split\): series 1 .* missing or infinite values, "
+                                         r"the first at time index 115"):
+        load_series("electricity_nips", tmp_path, download=False)
 
 
 # --- 9. bit rot -------------------------------------------------------------------------------------------------------
@@ -338,14 +420,63 @@ def test_bad_save_dir_and_precision_are_clear_errors(tmp_path: Path, capsys) -> 
     cases = [(tiny(afile), "is a file, not a folder"),
              (tiny(tmp_path, "--trainer.precision", "bf16-true"), "bf16-true is not supported"),
              (tiny(tmp_path, "--trainer.precision", "16-true"), "16-true is not supported")]
-    if os.geteuid() != 0:  # root may write anywhere
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o500)
-        cases.append((tiny(ro / "runs"), "is not writable"))
     for args, message in cases:
         with pytest.raises(SystemExit):
             main(["fit", *args, "--trainer.max_steps", "2"])
         assert message in capsys.readouterr().err
+
+
+UNWRITABLE = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_cli import tiny
+from vsmd.cli import main
+main(["fit", *tiny(Path({save!r})), "--trainer.max_steps", "2"])
+"""
+
+
+def _as_nobody(base: Path) -> dict | None:
+    """subprocess options that run as user nobody (for root, who may write anywhere), or None if nobody cannot
+    run this Python or read the repository (e.g. a Python under /root)."""
+    kwargs = {"user": 65534, "group": 65534, "extra_groups": [],
+              "env": dict(os.environ, HOME=str(base), MPLCONFIGDIR=str(base))}
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import vsmd, test_cli"], cwd=ROOT / "tests",
+                               capture_output=True, **kwargs)
+    except OSError:
+        return None
+    return kwargs if probe.returncode == 0 else None
+
+
+def test_an_unwritable_save_dir_is_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A folder the user cannot write: a real one for a normal user, and for root run as user nobody where it can;
+    otherwise (root, and nobody cannot run this Python) the permission check is made to see what a normal user
+    would, and the message is checked in-process."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="vsmd-ro-", dir=os.environ.get("TMPDIR", "/tmp")))
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)
+        kwargs = {} if os.geteuid() != 0 else _as_nobody(base)
+        if kwargs is not None:
+            code = UNWRITABLE.format(tests=str(ROOT / "tests"), save=str(ro / "runs"))
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                                  **kwargs)
+            code_, err = proc.returncode, proc.stderr
+        else:
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
+            with pytest.raises(SystemExit) as exc:
+                main(["fit", *tiny(ro / "runs"), "--trainer.max_steps", "2"])
+            code_, err = exc.value.code, capsys.readouterr().err
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert code_ == 1, err
+    assert f"the run folder cannot be made: {ro} is not writable" in err, err
+    assert "Traceback" not in err
 
 
 def test_validation_errors_are_short(tmp_path: Path, capsys) -> None:
@@ -455,12 +586,28 @@ def test_a_missing_data_dir_is_not_created(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "new").exists()
 
 
-def test_evaluation_output_is_free_of_lightning_noise(run: Path, tmp_path: Path, capfd) -> None:
-    main(["test", *tiny(tmp_path), "--ckpt_path", str(_last(run))])
-    out = "".join(capfd.readouterr())
-    assert "test metrics" in out
-    for noise in ("dirpath has changed", "Tip:", "LeafSpec"):
-        assert noise not in out, noise
+NOISE = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_cli import tiny
+from vsmd.cli import main
+save = Path({save!r})
+main(["fit", *tiny(save), "--trainer.max_steps", "12"])
+for sub in ("test", "predict"):
+    main([sub, *tiny(save), "--ckpt_path", {ckpt!r}])
+"""
+
+
+def test_command_output_is_free_of_lightning_noise_and_warnings(run: Path, tmp_path: Path) -> None:
+    """In a subprocess, so that Python warnings reach stderr as a user sees them (pytest captures them)."""
+    code = NOISE.format(tests=str(ROOT / "tests"), save=str(tmp_path), ckpt=str(_last(run)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "test metrics" in out and "wrote 50 samples" in out
+    for noise in ("dirpath has changed", "Tip:", "LeafSpec", "Warning:", "warnings.warn"):
+        assert noise not in out, (noise, out)
 
 
 # --- DDP --------------------------------------------------------------------------------------------------------------

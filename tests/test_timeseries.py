@@ -237,6 +237,28 @@ def test_cli_fit_test_predict(tmp_path: Path, archive_dir, capsys) -> None:
     assert pred["samples"].shape == (5, 8, 30, 8) and np.isfinite(pred["samples"]).all()
 
 
+def test_cli_nan_forecasts_give_null_metrics_and_exit_1(tmp_path: Path, archive_dir, capsys) -> None:
+    """Issue 10, item 6, for forecasting: a network that outputs NaN is reported, not scored."""
+    data_dir = archive_dir[0]
+    main(["fit", *tiny(tmp_path, data_dir), "--trainer.max_steps", "2"])
+    ckpt = torch.load(tmp_path / "exchange" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    for k, v in ckpt["state_dict"].items():
+        if k.startswith("net_ema.module.") and v.is_floating_point():
+            v.fill_(float("nan"))
+    bad = tmp_path / "nan.ckpt"
+    torch.save(ckpt, bad)
+    for sub, version in (("test", 1), ("predict", 2)):
+        with pytest.raises(SystemExit) as err:
+            main([sub, *tiny(tmp_path, data_dir), "--ckpt_path", str(bad)])
+        assert err.value.code == 1
+        assert "the forecasts are unusable" in capsys.readouterr().err
+    report = json.loads((tmp_path / "exchange" / "version_1" / "test_metrics.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"bare {c} in test_metrics.json"))
+    assert report["samples_problem"] and all(v is None for v in report["metrics"].values())
+    assert (tmp_path / "exchange" / "version_2" / "forecasts.npz").is_file()  # kept for inspection
+
+
 def test_cli_target_dim_mismatch(tmp_path: Path, archive_dir, capsys) -> None:
     with pytest.raises(SystemExit) as err:
         main(["fit", *tiny(tmp_path, archive_dir[0]), "--trainer.max_steps", "1", "--model.init_args.target_dim", "5"])

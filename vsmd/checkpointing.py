@@ -63,6 +63,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def format_size(n: int) -> str:
+    """A byte count for messages, to three significant digits: 812 B, 4.21 KiB, 169 MiB, 1.02 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1000 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.3g} {unit}" if n < 1000 else f"{n:.0f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike, what: str = "checkpoint") -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
@@ -86,7 +95,7 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike, what: 
             free = shutil.disk_usage(folder).free
             raise CheckpointWriteError(
                 err.errno, f"no space left on the device to write the {what} {path}: it needs "
-                f"{len(data) / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Nothing was written under that "
+                f"{format_size(len(data))} and {format_size(free)} are free. Nothing was written under that "
                 "name (an earlier file there is untouched). Free some space, or resume from the newest checkpoint "
                 "with a save_dir on another disk.") from None
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -345,9 +345,28 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*(LeafSpec|TreeSpec|tree_flatten|pytree).*deprecat.*")
 
 
+def _quiet_full_disk_in_threads() -> None:
+    """TensorBoard writes its events in a thread; on a full disk that thread printed a long traceback before the
+    main thread (which meets the same error at the next write or flush) gave vsmd's one-paragraph message."""
+    import threading
+
+    default = threading.excepthook
+    if getattr(default, "_vsmd", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in (errno.ENOSPC, errno.EDQUOT):
+            return
+        default(args)
+
+    hook._vsmd = True
+    threading.excepthook = hook
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vsmd`` console command (``args`` lets tests call it in-process)."""
     _quiet_lightning()
+    _quiet_full_disk_in_threads()
     _RESERVED.clear()
     try:
         VSMDCLI(VSMDModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
@@ -367,11 +386,29 @@ def main(args: list[str] | None = None) -> None:
             if what is None:
                 raise
             err = f"{what}: {err}. Free space or choose another --trainer.logger.init_args.save_dir."
-        print(f"vsmd: error: {err}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
+        print(f"vsmd: error: {err}{_resume_hint(args)}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(1) from None
     for run in _RESERVED:
         if run.is_dir():
             print(f"run folder: {run}", file=sys.stderr)
+
+
+def _resume_hint(args: list[str] | None) -> str:
+    """After a failed fit: the newest loadable checkpoint of its run folder, and the command that resumes it."""
+    argv = sys.argv[1:] if args is None else args
+    if not argv or argv[0] != "fit":
+        return ""
+    for run in _RESERVED:
+        newest = newest_checkpoint(run) if run.is_dir() else None
+        if newest:
+            config = run / "config.yaml"
+            cfg = f"--config {config} " if config.is_file() else ""
+            return (f"\nThe newest loadable checkpoint of this run is {newest[0]} (step {newest[1]}); resume it "
+                    f"with: vsmd fit {cfg}--ckpt_path {newest[0]} (learning rates and SA settings given on the "
+                    "command line take effect)")
+        if run.is_dir():
+            return f"\nNo checkpoint of this run ({run}) was written; a new fit starts from scratch."
+    return ""
 
 
 ERRORS = (CheckpointError, CheckpointWriteError, FloatingPointError, FileNotFoundError, ValueError, OSError)

@@ -419,10 +419,22 @@ class VSMDModule(pl.LightningModule):
         self._rho_initialised = True  # rho comes from the checkpoint
         h, old = self.hparams, checkpoint.get("hyper_parameters", {})
         self._resume_changes = {k: (old[k], h[k]) for k in RESUME_REPORTED if k in old and k in h and old[k] != h[k]}
+        self._match_ema(checkpoint.get("state_dict", {}))
         if self.sa is not None and "vsmd_sa" in checkpoint:
             self.sa.load_state_dict(checkpoint["vsmd_sa"])
             self._sa_done_at = int(checkpoint["vsmd_sa"].get("done_at", -1))
             self.sa.retune(h.sa_lr, h.sa_lr_decay, h.sa_lr_decay_every)  # the schedule of this run, not the old one
+
+    def _match_ema(self, state: dict[str, Any]) -> None:
+        """Let a resume switch EMA on or off (ema_decay 0 <-> > 0): Lightning loads the state dict strictly, so
+        drop the checkpoint's EMA weights, or start the new EMA from the checkpoint's network."""
+        has_ema = any(k.startswith("net_ema.") for k in state)
+        if self.net_ema is None and has_ema:
+            for k in [k for k in state if k.startswith("net_ema.")]:
+                del state[k]
+        elif self.net_ema is not None and not has_ema:
+            state.update({f"net_ema.module.{k[4:]}": v.clone() for k, v in list(state.items()) if k.startswith("net.")})
+            state["net_ema.n_averaged"] = torch.tensor(0, dtype=torch.long)  # the next update copies the network
 
     def on_train_start(self) -> None:
         """On resume: the network's step size is this run's lr (the optimiser state came with the old one), and
