@@ -266,7 +266,7 @@ def main() -> None:
     main_jobs = [(ds, name, seed, MODELS[name]) for seed in args.seeds for ds in args.datasets for name in args.models
                  if seed == args.seeds[0] or name in every]
     abl_jobs = [("ablation", name, seed, ABLATION[name]) for seed in ablation_seeds for name in args.ablation
-                if "default" not in name]
+                if not name.endswith("(default)")]
     first = len(args.datasets) * len(args.models)
     jobs = main_jobs[:first] + abl_jobs + main_jobs[first:]
 

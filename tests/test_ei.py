@@ -245,3 +245,37 @@ def test_the_flow_estimate_from_eps_v_is_exact_for_a_point_and_gives_the_same_fl
         eps_v = -g.score(a, tt) * k["lvv"]  # score_v = -eps_v / L_vv
         cv = k["cv"]
         torch.testing.assert_close(cv * p.flow_estimate(a, tt, eps_v), cv * g.denoise(a, tt), rtol=1e-7, atol=1e-9)
+
+
+def test_the_guard_bounds_the_gain_of_a_node_where_the_data_estimate_is_singular() -> None:
+    """Under-damped, fast A: kap = (L^{-1} M)_v crosses zero at some t*, and x0_hat = y / kap there divides by
+    nearly zero. With a grid node at t*, the unguarded weights multiply an error in y at that node by ~1e7; the
+    guard keeps the step's sensitivity to y (|w_j / kap_j|) of order 1, and leaves grids without a crossing alone."""
+    p = _process("vsuld", 2.3, 5.0)
+    kern = _Kernel(p)
+    t = torch.linspace(0.2, 1.0, 2001, dtype=F64)
+    kap = kern.at(t)["kap"][:, 0]
+    i = int(torch.nonzero(kap[1:] * kap[:-1] < 0)[0])
+    lo, hi = t[i], t[i + 1]
+    for _ in range(60):  # bisection for the zero
+        mid = (lo + hi) / 2
+        same = kern.at(mid.reshape(1))["kap"][0, 0] * kern.at(lo.reshape(1))["kap"][0, 0] > 0
+        lo, hi = (mid, hi) if same else (lo, mid)
+    times = ei_grid(p, 21).double()
+    times[int((times - lo).abs().argmin())] = float(lo.float())  # the samplers evaluate the network in float32
+    kt = kern.at(times)["kap"][:, 0]
+    for order in (1, 2, 3):
+        sens = {}
+        for gain in (100.0, 0.0):
+            co = EICoefficients(p, times, order, max_gain=gain)
+            sens[gain] = max(abs(float(w[1][0] / kt[i - j])) for i, ws in enumerate(co.weights) for j, w in
+                             enumerate(ws))
+        assert sens[0.0] > 1e5 and sens[100.0] < 10, (order, sens)
+    # No crossing (rho 0.9): the guard changes no weight.
+    q = _process("vsuld", 0.9, 5.0)
+    grid = ei_grid(q, 21).double()
+    a, b = EICoefficients(q, grid, 3), EICoefficients(q, grid, 3, max_gain=0.0)
+    assert sum(a.reduced) == 0
+    for wa, wb in zip(a.weights, b.weights):
+        for x, y in zip(wa, wb):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)

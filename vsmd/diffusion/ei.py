@@ -36,6 +36,13 @@ processes the model passes ``MomentumProcess.flow_estimate`` (from eps_v alone, 
 same flow as the score the other samplers use). The full E[x0 | a] from (eps_x, eps_v) (``data_estimate``) is
 also exact for a point, but drives v with a gain of order 1/t^2 near t_eps through the network's eps_x error,
 which made multistep EI diverge on trained toys (benchmarks/results/toy_ei.md history in the README).
+The v-row estimate is x0_hat = y / kap with y = (L^{-1} a)_v - eps_v and kap = (L^{-1} M)_v. For under-damped
+processes with a fast A, kap crosses zero at some t (near T for the toys' stretched axes): a node there
+multiplies the network's error in y by 1 / kap, which made ei blow up on checkerboard-6X at 20 NFE. Guard
+(``max_gain``, default 100): in a step whose window (the step, its nodes and the grid time before them) straddles
+a zero of kap, a dimension uses only the leading nodes whose |kap| is at least 1/max_gain of the largest |kap|
+over the step (a lower order, still exact for a point), and holds y constant over the step if even the current
+node fails (bounded, but not exact for a point). Steps without a zero are untouched.
 ``denoise_last`` returns the estimate at the last grid time instead of the state's x (AGM's "sampling-hop"
 when the grid stops early at t_stop).
 """
@@ -103,10 +110,10 @@ class _Kernel:
             return {"m": m, "std": std, "c": -0.5 * beta * m / std**2}
         lxx, lvx, lvv, mx, mv = k["lxx"], k["lvx"], k["lvv"], k["p11"], k["p21"]
         # P = Sigma^{-1} = L^{-T} L^{-1}; only its v-row enters c = (0, -1/2 g^2 (P M)_v) = (L^{-1} M)_v / L_vv.
-        pm_v = p.whiten_v(k, mx, mv) / lvv
+        kap = p.whiten_v(k, mx, mv)  # (L^{-1} M)_v: how much of x0 the whitened v holds
         g2 = beta * p.gamma
-        return {"lxx": lxx, "lvx": lvx, "lvv": lvv, "mx": mx, "mv": mv, "cv": -0.5 * g2 * pm_v,
-                "rate": 0.5 * beta * lvv / lxx}
+        return {"lxx": lxx, "lvx": lvx, "lvv": lvv, "mx": mx, "mv": mv, "kap": kap, "gv": -0.5 * g2 / lvv,
+                "cv": -0.5 * g2 * kap / lvv, "rate": 0.5 * beta * lvv / lxx}
 
 
 def _psi(k: _Kernel, t: Tensor, tau: Tensor, theta: Tensor | None) -> tuple[Tensor, ...]:
@@ -128,10 +135,11 @@ class EICoefficients:
     """Psi and the multistep weights of every step of one grid (float64), for one value of A."""
 
     def __init__(self, process: ForwardProcess, times: Tensor, order: int, nodes: int = 24, pieces: int = 4,
-                 interp: str = "log") -> None:
+                 interp: str = "log", max_gain: float = 100.0) -> None:
         if order not in (1, 2, 3):
             raise ValueError(f"the EI order must be 1, 2 or 3, got {order}")
-        self.process, self.order = process, order
+        self.process, self.order, self.max_gain = process, order, max_gain
+        self.reduced: list[int] = []  # per step: how many dimensions used fewer nodes (momentum, see max_gain)
         self.times = times.detach().to("cpu", F64)
         kern = _Kernel(process)
         gl_x, gl_w = _gauss_legendre(nodes)
@@ -150,19 +158,6 @@ class EICoefficients:
             psi_nodes = _psi(kern, t, tau, theta)
             cn = kern.at(tau)
             prev = [self.times[i - j] for j in range(min(order, i + 1))]  # x0_hat nodes: t_i, t_{i-1}, ...
-            step_w = []
-            z = tau.log() if interp == "log" else tau  # the variable x0_hat is a polynomial in
-            zp = [float(math.log(q)) if interp == "log" else float(q) for q in prev]
-            for j in range(len(prev)):
-                lag = torch.ones_like(tau)
-                for m, zm in enumerate(zp):
-                    if m != j:
-                        lag = lag * (z - zm) / (zp[j] - zm)
-                f = pad_like(-jac * lag, psi_nodes[0])  # int_s^t = -int_t^s
-                if process.momentum:
-                    step_w.append(((f * psi_nodes[1] * cn["cv"]).sum(0), (f * psi_nodes[3] * cn["cv"]).sum(0)))
-                else:
-                    step_w.append(((f * psi_nodes[0] * cn["c"]).sum(0),))
             theta_s = self._theta(kern, t, s.reshape(1), gl_x, gl_w) if process.momentum else None
             psi = tuple(z[0] for z in _psi(kern, t, s.reshape(1), theta_s))
             # The Lagrange basis sums to 1, so the weights sum to int Psi c = M_t - Psi(t, s) M_s in closed form.
@@ -173,8 +168,54 @@ class EICoefficients:
                          kt["mv"][0] - psi[2] * ks["mx"][0] - psi[3] * ks["mv"][0])
             else:
                 total = (kt["m"][0] - psi[0] * ks["m"][0],)
-            rest = [sum(w[c] for w in step_w[1:]) for c in range(len(total))] if len(step_w) > 1 else None
-            step_w[0] = tuple(tot - (rest[c] if rest else 0) for c, tot in enumerate(total))
+            c_tau = cn["cv"] if process.momentum else cn["c"]
+            z = tau.log() if interp == "log" else tau  # the variable x0_hat is a polynomial in
+            zp = [float(math.log(q)) if interp == "log" else float(q) for q in prev]
+            psi_x = (psi_nodes[1], psi_nodes[3]) if process.momentum else (psi_nodes[0],)
+
+            def lagrange(k: int) -> list[tuple[Tensor, ...]]:
+                """Weights of x0_hat at the first k nodes (zero for the others)."""
+                out = []
+                for j in range(k):
+                    lag = torch.ones_like(tau)
+                    for m, zm in enumerate(zp[:k]):
+                        if m != j:
+                            lag = lag * (z - zm) / (zp[j] - zm)
+                    f = pad_like(-jac * lag, psi_nodes[0])  # int_s^t = -int_t^s
+                    out.append(tuple((f * px * c_tau).sum(0) for px in psi_x))
+                rest = [sum(w[c] for w in out[1:]) for c in range(len(total))] if k > 1 else None
+                out[0] = tuple(tot - (rest[c] if rest else 0) for c, tot in enumerate(total))
+                zero = tuple(torch.zeros_like(w) for w in out[0])
+                return out + [zero] * (len(prev) - k)
+
+            step_w = lagrange(len(prev))
+            if process.momentum and self.max_gain:
+                # x0_hat = y / kap with y = (L^{-1} a)_v - eps_v and kap = (L^{-1} M)_v, which crosses zero for
+                # under-damped processes at large rho. A node whose kap is small against the kap over the step
+                # would multiply the network's error in y by that ratio. Per dimension, only the leading nodes
+                # below the gain max_gain are used (a lower order: still exact for a point); if the current
+                # node itself is below it, y is held constant over the step instead (bounded, but exact for a
+                # point only where kap is constant).
+                kap_nodes = kern.at(torch.stack(prev))["kap"]
+                # The sign test also sees the grid time before the oldest node, so that a node right at the zero
+                # counts as a crossing.
+                back = kern.at(self.times[i - len(prev)].reshape(1))["kap"] if i >= len(prev) else kap_nodes[:0]
+                kap_all = torch.cat([cn["kap"], kt["kap"], kap_nodes, back])
+                crossing = (kap_all.amax(0) > 0) & (kap_all.amin(0) < 0)
+                kap_max = kap_all[: len(tau) + 1].abs().amax(0)
+                ok = (kap_nodes.abs() * self.max_gain >= kap_max) | ~crossing
+                good = ok.long().cumprod(0).sum(0)  # leading good nodes
+                self.reduced.append(int((good < len(prev)).sum()))
+                if bool((good < len(prev)).any()):
+                    f = pad_like(-jac, psi_nodes[0])
+                    hold = [tuple((f * px * cn["gv"] * kap_nodes[0]).sum(0) for px in psi_x)]
+                    hold += [tuple(torch.zeros_like(w) for w in hold[0])] * (len(prev) - 1)
+                    sets = [hold] + [lagrange(k) for k in range(1, len(prev))]
+                    step_w = [tuple(torch.where(good == len(prev), step_w[j][c], sum(
+                        torch.where(good == k, sets[k][j][c], torch.zeros_like(step_w[j][c]))
+                        for k in range(len(sets)))) for c in range(2)) for j in range(len(prev))]
+            else:
+                self.reduced.append(0)
             self.psi.append(psi)
             self.weights.append(step_w)
 
@@ -188,35 +229,37 @@ class EICoefficients:
         rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, q, *data)
         return (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
 
-    def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor) -> bool:
+    def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
         t = times.detach().to("cpu", F64)
         return (process is self.process and order == self.order and t.shape == self.times.shape
-                and torch.equal(t, self.times) and torch.equal(rho, self._rho))
+                and torch.equal(t, self.times) and torch.equal(rho, self._rho) and max_gain == self.max_gain)
 
 
-def ei_coefficients(process: ForwardProcess, times: Tensor, order: int) -> EICoefficients:
+def ei_coefficients(process: ForwardProcess, times: Tensor, order: int, max_gain: float = 100.0) -> EICoefficients:
     """The coefficients of ``times`` and ``order``, cached on the process until the grid, order or A changes."""
     rho = process.rho.detach().to("cpu").clone()
     cached = getattr(process, "_ei_cache", None)
-    if cached is not None and cached.matches(process, times, order, rho):
+    if cached is not None and cached.matches(process, times, order, rho, max_gain):
         return cached
-    coeffs = EICoefficients(process, times, order)
+    coeffs = EICoefficients(process, times, order, max_gain=max_gain)
     coeffs._rho = rho
     process._ei_cache = coeffs
     return coeffs
 
 
 def exponential_integrator(process: ForwardProcess, denoise_fn: DenoiseFn, a: Tensor, times: Tensor,
-                           order: int = 2, denoise_last: bool = True, return_trajectory: bool = False,
-                           progress: bool = False):
+                           order: int = 3, denoise_last: bool = True, return_trajectory: bool = False,
+                           progress: bool = False, max_gain: float = 100.0):
     """Multistep EI on the probability-flow ODE in the data-prediction form (module docstring).
 
     ``denoise_fn(a, t)`` returns x0_hat (B, *data_shape). NFE = len(times) - 1, plus one when ``denoise_last``
-    returns the data estimate at the last grid time instead of the final state's x.
+    returns the data estimate at the last grid time instead of the final state's x. ``max_gain`` bounds how much a
+    node's data estimate may amplify the network's error where (L^{-1} M)_v crosses zero (``EICoefficients``;
+    0 turns the guard off).
     """
     from vsmd.diffusion.samplers import SampleResult
 
-    co = ei_coefficients(process, times, order)
+    co = ei_coefficients(process, times, order, max_gain)
     dev, dt = a.device, a.dtype
     traj = [a] if return_trajectory else None
     history: list[Tensor] = []
