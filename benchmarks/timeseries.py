@@ -12,6 +12,8 @@ training steps per second and forecast paths per second. Quality needs the real 
 
     python benchmarks/timeseries.py --data-dir ../shared/data            # about 60 min on 2 CPU cores
     python benchmarks/timeseries.py --data-dir ../shared/data --steps 30 --runs vsuld:0 --out /tmp/smoke
+    python benchmarks/timeseries.py --runs vsuld:0,vsuld:1,vsuld:2,cld:0 --samplers heun:6 ei:11 ei:21 ei:11:0.02 \
+        --throughput-steps 0 --out benchmarks/results/timeseries_ei    # few-step samplers on the same checkpoints
 """
 
 from __future__ import annotations
@@ -64,9 +66,20 @@ def run_exchange(process: str, seed: int, args, work: Path) -> dict:
         vsmd_main(["test", *common, "--ckpt_path", str(ckpt)])
     test_s = time.perf_counter() - t0
     report = json.loads((newest_version(work / name) / "test_metrics.json").read_text())
+    samplers = {}
+    for spec in args.samplers:  # the same checkpoint with other samplers (few-step sampling, issue 11)
+        sampler, steps, *stop = spec.split(":")
+        extra = ["--model.init_args.sampler", sampler, "--model.init_args.sample_steps", steps]
+        extra += ["--model.init_args.t_stop", stop[0]] if stop else []
+        with contextlib.redirect_stdout(io.StringIO()):
+            vsmd_main(["test", *common, *extra, "--ckpt_path", str(ckpt)])
+        r = json.loads((newest_version(work / name) / "test_metrics.json").read_text())
+        samplers[spec] = {"crps_sum": r["metrics"]["crps_sum"], "nfe_per_step": r["nfe_per_step"],
+                          "sampling_seconds": r["sampling_seconds"]}
     return {"process": process, "seed": seed, "steps": args.steps, "fit_seconds": fit_s, "test_seconds": test_s,
             **report["metrics"], "nfe_per_step": report["nfe_per_step"], "nfe_per_path": report["nfe_per_path"],
-            "sampling_seconds": report["sampling_seconds"], "A_x": report.get("A_x"), "A_v": report.get("A_v")}
+            "sampling_seconds": report["sampling_seconds"], "A_x": report.get("A_x"), "A_v": report.get("A_v"),
+            "samplers": samplers}
 
 
 def naive_baseline(args) -> list[dict]:
@@ -156,6 +169,22 @@ def write_tables(results: dict, out: Path) -> None:
     for r in results["runs"]:
         ax = ", ".join(f"{a:.3f}" for a in r["A_x"]) if r.get("A_x") else "-"
         lines.append(f"| {r['process']} | {r['seed']} | {r['crps_sum']:.5f} | {r['fit_seconds']:.0f} | {ax} |")
+    specs = list(dict.fromkeys(k for r in results["runs"] for k in r.get("samplers", {})))
+    if specs:
+        lines += ["", "## Samplers on the same checkpoints", "",
+                  "`sampler:sample_steps[:t_stop]` given to `vsmd test`; the config's sampler (heun, 20 points) is the "
+                  "first row. Sampling seconds: the 5 test windows x 100 paths x 30 steps.", "",
+                  "| model | sampler | seeds | NFE per step | CRPS-Sum | sampling s |", "|---|---|---|---|---|---|"]
+        for proc, rows in groups.items():
+            if not rows[0].get("samplers"):
+                continue
+            lines.append(f"| {proc} | heun:20 (config) | {len(rows)} | {rows[0]['nfe_per_step']} | "
+                         f"{stat(rows, 'crps_sum')} | {stat(rows, 'sampling_seconds', '{:.1f}')} |")
+            for spec in specs:
+                sub = [r["samplers"][spec] for r in rows if spec in r.get("samplers", {})]
+                if sub:
+                    lines.append(f"| {proc} | {spec} | {len(sub)} | {sub[0]['nfe_per_step']} | "
+                                 f"{stat(sub, 'crps_sum')} | {stat(sub, 'sampling_seconds', '{:.1f}')} |")
     if results.get("throughput"):
         lines += ["", "## Throughput at Solar and Electricity sizes (synthetic data, no quality)", "",
                   "| config | D | batch | train steps/s | s/step | forecast paths/s (24 steps, NFE/step) | params |",
@@ -177,6 +206,8 @@ def main() -> None:
                     help="run folders (outside the repository)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "timeseries")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>.json")
+    ap.add_argument("--samplers", nargs="*", default=[],
+                    help="extra tests of each checkpoint, as sampler:sample_steps[:t_stop], e.g. ei:11 ei:21:0.02")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
