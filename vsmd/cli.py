@@ -118,7 +118,7 @@ TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "
                   "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",
                   "lr_decay", "lr_decay_every"}
 # DataModule options that define the data (the rest, such as batch sizes and folders, may change).
-DATA_DEFINING = {"dataset", "stretch", "history", "source", "image_size"}
+DATA_DEFINING = {"dataset", "stretch", "rotate", "history", "source", "image_size"}
 
 
 def _same(a, b) -> bool:

@@ -29,26 +29,36 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
     return out[:n]
 
 
+def rotation_matrix(degrees: float) -> Tensor:
+    """The 2 x 2 rotation by ``degrees`` counter-clockwise (float64)."""
+    a = math.radians(degrees)
+    return torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+
+
 def make_toy(name: str, n: int, stretch: tuple[float, float] | list[float] = (1.0, 1.0),
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, rotate: float = 0.0) -> Tensor:
+    """n points of a toy, stretched per axis, then rotated by ``rotate`` degrees about the origin."""
     if name not in DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {', '.join(DATASETS)}")
     x = spiral(n, generator) if name == "spiral" else checkerboard(n, generator)
-    return x * torch.tensor(stretch, dtype=x.dtype)
+    x = x * torch.tensor(stretch, dtype=x.dtype)
+    if rotate:
+        x = (x.double() @ rotation_matrix(rotate).T).to(x.dtype)
+    return x
 
 
 class _Stream(IterableDataset):
     """An endless stream of fresh batches; batch k is a function of (seed, k) only."""
 
-    def __init__(self, name: str, stretch: list[float], batch_size: int, seed: int) -> None:
-        self.name, self.stretch, self.batch_size, self.seed = name, stretch, batch_size, seed
+    def __init__(self, name: str, stretch: list[float], batch_size: int, seed: int, rotate: float = 0.0) -> None:
+        self.name, self.stretch, self.batch_size, self.seed, self.rotate = name, stretch, batch_size, seed, rotate
         self.position = 0
 
     def __iter__(self):
         while True:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
             self.position += 1
-            yield make_toy(self.name, self.batch_size, self.stretch, gen)
+            yield make_toy(self.name, self.batch_size, self.stretch, gen, self.rotate)
 
 
 class StreamLoader(DataLoader):
@@ -71,6 +81,8 @@ class Toy2DDataModule(pl.LightningDataModule):
     Args:
         dataset: "spiral" or "checkerboard".
         stretch: multiply x and y by these factors.
+        rotate: then rotate the data by this many degrees about the origin (counter-clockwise), e.g. 45 for a
+            stretch off the coordinate axes, which a diagonal A cannot follow (model ``rotation: pca`` can).
         batch_size: training batch size.
         n_val: validation set size.
         n_test: real samples for the test metrics (3000 in the paper's PMF-RMSE).
@@ -81,29 +93,32 @@ class Toy2DDataModule(pl.LightningDataModule):
     data_dim = 2
 
     def __init__(self, dataset: str = "spiral", stretch: list[float] = [1.0, 8.0], batch_size: int = 512,
-                 n_val: int = 2000, n_test: int = 3000, n_predict: int = 3000, seed: int = 0) -> None:
+                 n_val: int = 2000, n_test: int = 3000, n_predict: int = 3000, seed: int = 0,
+                 rotate: float = 0.0) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"unknown toy dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         if len(stretch) != 2 or not all(s > 0 for s in stretch):
             raise ValueError(f"stretch must be two positive factors [x, y], got {stretch}")
+        if not math.isfinite(rotate):
+            raise ValueError(f"rotate must be a finite angle in degrees, got {rotate}")
         if min(batch_size, n_val, n_test, n_predict) < 1:
             raise ValueError("batch_size, n_val, n_test and n_predict must be >= 1")
         self.save_hyperparameters()
         self.dataset, self.stretch = dataset, [float(s) for s in stretch]
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.rotate = batch_size, seed, float(rotate)
         self.n_val, self.n_test, self.n_predict = n_val, n_test, n_predict
 
     def fixed_set(self, split: str) -> Tensor:
         """A fixed draw for 'val', 'test' or 'predict' (the latter gives only the count that predict uses)."""
         n, offset = {"val": (self.n_val, 1), "test": (self.n_test, 2), "predict": (self.n_predict, 3)}[split]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 999_983 * offset)
-        return make_toy(self.dataset, n, self.stretch, gen)
+        return make_toy(self.dataset, n, self.stretch, gen, self.rotate)
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP
-        return StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank),
-                             batch_size=None)
+        return StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank,
+                                    self.rotate), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.fixed_set("val"), batch_size=self.batch_size)

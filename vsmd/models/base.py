@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from vsmd.diffusion.process import MOMENTUM
 from vsmd.diffusion.variational import SA_SAMPLERS
 
 RHO_INITS = ("data", "zero")
+ROTATIONS = ("none", "pca")
 PARAMETRISATIONS = ("eps_v", "eps")
 NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
                     "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
@@ -91,7 +93,13 @@ class VSMDModule(pl.LightningModule):
             on the toys at 10-40 NFE (benchmarks/results/toy_ei.md).
         ei_grid: its time grid: "quadratic" (dense at the data end), "uniform" or "log".
         t_stop: stop every sampler at this time and return the data estimate there (None: run to t_eps).
+        rotation: the frame the (diagonal) process runs in: "none" (the data's coordinates) or "pca" (the
+            principal axes of the training data, fixed at the start of fit and kept in the checkpoint). A diagonal
+            A in a rotated frame is the full A = Q diag(alpha) Q^T in the data's coordinates, with the same exact
+            kernels; it follows stretches off the coordinate axes. Vector data (the toys) only, so far.
     """
+
+    supports_rotation = False  # tasks whose samples all pass through ``generate`` (ToyVSMD)
 
     def __init__(
         self,
@@ -131,6 +139,7 @@ class VSMDModule(pl.LightningModule):
         ei_order: int = 3,
         ei_grid: str = "quadratic",
         t_stop: float | None = None,
+        rotation: str = "none",
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
@@ -143,6 +152,8 @@ class VSMDModule(pl.LightningModule):
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
         if t_stop is not None and not t_eps <= t_stop < 1.0:
             raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
+        if rotation not in ROTATIONS:
+            raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
         if zb_mode not in ZB_MODES:
             raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
         if sa_sampler not in SA_SAMPLERS:
@@ -164,6 +175,16 @@ class VSMDModule(pl.LightningModule):
         self.save_hyperparameters()
         self.process = make_process(process, self.data_shape(), beta, beta_schedule, beta_min, gamma, damping,
                                     init_velocity, v0_var, t_eps)
+        if rotation != "none":
+            shape = self.data_shape()
+            if not self.supports_rotation or len(shape) != 1:
+                raise ValueError(f"rotation {rotation!r} is available for the toy model (vector data) only so far; "
+                                 f"{type(self).__name__} (data shape {tuple(shape)}) needs rotation: none. For "
+                                 "images a full d x d rotation (d = 3072) would also be too large.")
+            self.register_buffer("frame", torch.eye(shape[0]))  # Q: frame coordinates are x @ Q (= Q^T x)
+        else:
+            self.frame = None
+        self._frame_initialised = False
         self.net = self.build_net()
         self.net_ema = None
         if ema_decay > 0:
@@ -272,9 +293,35 @@ class VSMDModule(pl.LightningModule):
         gen = torch.Generator(self.device).manual_seed(self.hparams.seed if seed is None else seed)
         with self.sampling_mode(self.eval_net) as net:
             opts = self.sampler_options(net, cond, sampler)
-            return run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net, cond),
-                               n, steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress,
-                               **opts)
+            res = run_sampler(sampler or self.hparams.sampler, self.process, lambda a, t: self.score(a, t, net, cond),
+                              n, steps or self.hparams.sample_steps, gen, self.device, return_trajectory, progress,
+                              **opts)
+        if self.frame is not None:  # back from the process's frame to the data's coordinates
+            res.state = self.state_from_frame(res.state)
+            if res.trajectory is not None:
+                res.trajectory = self.state_from_frame(res.trajectory.flatten(0, 1)).reshape(res.trajectory.shape)
+        return res
+
+    # ----------------------------------------------------------------------------------------------
+    # The frame of the process (rotation "pca"): x_frame = x @ Q, and back with Q^T.
+    def to_frame(self, x: Tensor) -> Tensor:
+        return x if self.frame is None else x @ self.frame.to(x.dtype)
+
+    def from_frame(self, x: Tensor) -> Tensor:
+        return x if self.frame is None else x @ self.frame.to(x.dtype).T
+
+    def state_from_frame(self, a: Tensor) -> Tensor:
+        """A state (x[, v]) of the process's frame in the data's coordinates (x and v rotate alike)."""
+        return self.process.join(*(self.from_frame(z) for z in self.process.split(a)))
+
+    @staticmethod
+    def principal_axes(cov: Tensor) -> Tensor:
+        """Q whose columns are the eigenvectors of a covariance, by decreasing variance; each column's largest
+        entry is made positive (a symmetric matrix, not a drift: eigh is safe here)."""
+        evals, vecs = torch.linalg.eigh(cov.to(torch.float64))
+        vecs = vecs[:, torch.argsort(evals, descending=True)]
+        idx = vecs.abs().argmax(0)
+        return vecs * torch.sign(vecs[idx, torch.arange(vecs.shape[1])])
 
     # ----------------------------------------------------------------------------------------------
     # Score loss.
@@ -289,7 +336,7 @@ class VSMDModule(pl.LightningModule):
     def score_loss(self, x0: Tensor, net: nn.Module, cond: Tensor | None = None) -> Tensor:
         """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
         t, coeffs = self._sample_times(x0.shape[0])
-        a, eps, _ = self.process.perturb(x0, t, coeffs, full=self.out_state == 2)
+        a, eps, _ = self.process.perturb(self.to_frame(x0), t, coeffs, full=self.out_state == 2)
         eps_hat = self._eps(net, a, t, cond)
         return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
 
@@ -322,9 +369,9 @@ class VSMDModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------
     # The data-informed start of A.
     @torch.no_grad()
-    def data_moments(self) -> tuple[Tensor, Tensor]:
+    def data_moments(self, full: bool = False) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples,
-        averaged over DDP ranks."""
+        averaged over DDP ranks; with ``full``, the mean and the covariance matrix of vector data."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             raise RuntimeError("rho_init 'data' needs a DataModule to compute the data moments; pass one to "
@@ -333,7 +380,8 @@ class VSMDModule(pl.LightningModule):
         for batch in dm.train_dataloader():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             x0 = self.stats_x0(batch).to(torch.float64)
-            n, s1, s2 = n + len(x0), s1 + x0.sum(0), s2 + (x0 * x0).sum(0)
+            outer = x0.T @ x0 if full else (x0 * x0).sum(0)
+            n, s1, s2 = n + len(x0), s1 + x0.sum(0), s2 + outer
             if n >= self.hparams.rho_init_samples:
                 break
         if n < 2:
@@ -345,13 +393,29 @@ class VSMDModule(pl.LightningModule):
         if not (torch.isfinite(mean).all() and torch.isfinite(second).all()):
             raise ValueError("the training data contain NaN or inf: the data moments for rho_init 'data' are not "
                              "finite; check the data")
+        if full:
+            return mean, second - torch.outer(mean, mean)
         return mean, (second - mean * mean).clamp_min(0.0)
 
     def on_fit_start(self) -> None:
         h = self.hparams
+        frame_moments = None
+        if self.frame is not None and not (self._frame_initialised and self._rho_initialised):
+            mean, cov = self.data_moments(full=True)
+            if not self._frame_initialised:
+                q = self.principal_axes(cov)
+                self.frame.copy_(q.to(self.frame.dtype))
+                self._frame_initialised = True
+                angle = f", first axis at {math.degrees(math.atan2(float(q[1, 0]), float(q[0, 0]))):.1f} degrees" \
+                    if q.shape[0] == 2 else ""
+                desc = ", ".join(f"{float(v):.3g}" for v in torch.diagonal(q.T @ cov @ q)[:16])
+                self.print(f"rotation pca: the process runs on the principal axes of the data{angle}; variances "
+                           f"{desc}")
+            q = self.frame.to(torch.float64)
+            frame_moments = (mean @ q, torch.diagonal(q.T @ cov @ q).clamp_min(0.0))  # the data in the frame
         if self.sa is None or h.rho_init != "data" or self._rho_initialised:
             return
-        mean, var = self.data_moments()
+        mean, var = frame_moments if frame_moments is not None else self.data_moments()
         rho = self.process.forgetting_rho(mean, var, h.rho_init_kl)
         self.process.rho.data.copy_(rho)
         self._rho_initialised = True
@@ -417,6 +481,7 @@ class VSMDModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
         self._rho_initialised = True  # rho comes from the checkpoint
+        self._frame_initialised = True  # and so does the frame (a buffer in the state dict)
         h, old = self.hparams, checkpoint.get("hyper_parameters", {})
         self._resume_changes = {k: (old[k], h[k]) for k in RESUME_REPORTED if k in old and k in h and old[k] != h[k]}
         self._match_ema(checkpoint.get("state_dict", {}))
@@ -469,8 +534,11 @@ class VSMDModule(pl.LightningModule):
         if self.sa is None:
             return {}
         alpha, nu = self.process.variational_scores()
-        return {"A_x": alpha.tolist(), "A_v": nu.tolist() if nu is not None else None,
-                "sa": {"stages": self.sa.stages, "steps": self.sa.steps, "seconds": self.sa.seconds}}
+        out = {"A_x": alpha.tolist(), "A_v": nu.tolist() if nu is not None else None,
+               "sa": {"stages": self.sa.stages, "steps": self.sa.steps, "seconds": self.sa.seconds}}
+        if self.frame is not None:
+            out["frame"] = self.frame.tolist()  # A is diagonal in these columns: A_full = Q diag(A) Q^T
+        return out
 
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, or None."""

@@ -28,6 +28,8 @@ class ToyVSMD(VSMDModule):
         **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
     """
 
+    supports_rotation = True
+
     def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
                  straight_steps: int = 100, **kwargs: Any) -> None:
         if data_dim < 1 or hidden < 1 or depth < 1:
