@@ -210,10 +210,10 @@ class EICoefficients:
                     f = pad_like(-jac, psi_nodes[0])
                     hold = [tuple((f * px * cn["gv"] * kap_nodes[0]).sum(0) for px in psi_x)]
                     hold += [tuple(torch.zeros_like(w) for w in hold[0])] * (len(prev) - 1)
-                    sets = [hold] + [lagrange(k) for k in range(1, len(prev))]
-                    step_w = [tuple(torch.where(good == len(prev), step_w[j][c], sum(
-                        torch.where(good == k, sets[k][j][c], torch.zeros_like(step_w[j][c]))
-                        for k in range(len(sets)))) for c in range(2)) for j in range(len(prev))]
+                    sets = [hold] + [lagrange(k) for k in range(1, len(prev))] + [step_w]  # by leading good nodes
+                    pick = good.unsqueeze(0)
+                    step_w = [tuple(torch.stack([w[j][c] for w in sets]).gather(0, pick)[0] for c in range(2))
+                              for j in range(len(prev))]
             else:
                 self.reduced.append(0)
             self.psi.append(psi)

@@ -403,16 +403,16 @@ class VSMDModule(pl.LightningModule):
         if self.frame is not None and not (self._frame_initialised and self._rho_initialised):
             mean, cov = self.data_moments(full=True)
             if not self._frame_initialised:
-                q = self.principal_axes(cov)
-                self.frame.copy_(q.to(self.frame.dtype))
+                self.frame.copy_(self.principal_axes(cov).to(self.frame.dtype))
+            q = self.frame.to(torch.float64)
+            frame_moments = (mean @ q, torch.diagonal(q.T @ cov @ q).clamp_min(0.0))  # the data in the frame
+            if not self._frame_initialised:
                 self._frame_initialised = True
                 angle = f", first axis at {math.degrees(math.atan2(float(q[1, 0]), float(q[0, 0]))):.1f} degrees" \
                     if q.shape[0] == 2 else ""
-                desc = ", ".join(f"{float(v):.3g}" for v in torch.diagonal(q.T @ cov @ q)[:16])
+                desc = ", ".join(f"{float(v):.3g}" for v in frame_moments[1][:16])
                 self.print(f"rotation pca: the process runs on the principal axes of the data{angle}; variances "
                            f"{desc}")
-            q = self.frame.to(torch.float64)
-            frame_moments = (mean @ q, torch.diagonal(q.T @ cov @ q).clamp_min(0.0))  # the data in the frame
         if self.sa is None or h.rho_init != "data" or self._rho_initialised:
             return
         mean, var = frame_moments if frame_moments is not None else self.data_moments()
