@@ -132,7 +132,8 @@ def other_samplers(ckpt: Path, config: str, seed: int) -> dict[str, dict]:
     from vsmd.models import ToyVSMD
     model = ToyVSMD.load_from_checkpoint(ckpt, map_location="cpu")  # in a worker thread of this process
     data = yaml.safe_load((ROOT / config).read_text())["data"]["init_args"]
-    real = Toy2DDataModule(data["dataset"], data["stretch"], seed=seed).fixed_set("test")
+    dm = Toy2DDataModule(data["dataset"], data["stretch"], seed=seed, rotate=data.get("rotate", 0.0))
+    real = dm.fixed_set("test")
     out = {}
     for name, steps in EXTRA_SAMPLERS:
         res = model.generate(len(real), sampler=name, steps=steps, seed=seed)

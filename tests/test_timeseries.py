@@ -237,6 +237,24 @@ def test_cli_fit_test_predict(tmp_path: Path, archive_dir, capsys) -> None:
     assert pred["samples"].shape == (5, 8, 30, 8) and np.isfinite(pred["samples"]).all()
 
 
+def test_cli_forecasting_with_a_learned_rotation_over_the_series(tmp_path: Path, archive_dir, capsys) -> None:
+    """Q is D x D: it starts at the principal axes of the scaled training values, the SA refines it, the test
+    report carries it, and the forecasts come back in the series' coordinates."""
+    data_dir = archive_dir[0]
+    main(["fit", *tiny(tmp_path, data_dir, "--model.init_args.rotation", "learned"), "--trainer.max_steps", "4"])
+    assert "rotation learned: the process runs on the principal axes" in capsys.readouterr().out
+    ckpt = tmp_path / "exchange" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    q = state["frame"].double()
+    torch.testing.assert_close(q.T @ q, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-5)
+    assert (q - torch.eye(8)).abs().max() > 0.1 and state["frame_rotation.angles"].abs().max() > 0
+    main(["test", *tiny(tmp_path, data_dir, "--model.init_args.rotation", "learned"), "--ckpt_path", str(ckpt)])
+    report = json.loads((tmp_path / "exchange" / "version_1" / "test_metrics.json").read_text())
+    torch.testing.assert_close(torch.tensor(report["frame"]).double(), q)
+    f = np.load(tmp_path / "exchange" / "version_1" / "forecasts.npz")
+    assert np.isfinite(f["samples"]).all() and np.isfinite(report["metrics"]["crps_sum"])
+
+
 def test_cli_nan_forecasts_give_null_metrics_and_exit_1(tmp_path: Path, archive_dir, capsys) -> None:
     """Issue 10, item 6, for forecasting: a network that outputs NaN is reported, not scored."""
     data_dir = archive_dir[0]

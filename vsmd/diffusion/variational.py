@@ -9,6 +9,10 @@ and 𝓛(A) = sum_n h sum_i mean_b Gamma, minimised (the paper's leading minus s
 exact for a linear policy (no Hutchinson estimator). Given cached trajectories 𝓛 is quadratic in A, so the
 whole stage reduces to a few per-dimension moments (``SAStats``) and the gradient is analytic.
 
+With a learned rotation (vsmd.diffusion.rotation) A is diagonal in a frame Q: the stage keeps the full d x d
+moments of the paths (simulated in the frame Q_sim), and 𝓛 in a turned frame Q is the diagonal 𝓛 on the
+diagonals of r^T m r, r = Q_sim^T Q, so its gradient in Q is also analytic (``SAStats.rotation_grad``).
+
 ``zb_mode``: ``full_score`` (VSMD code) uses w = s_theta; ``fbsde`` (paper Eq. 13 literally, VSDM code) uses
 w = s_theta - A_old a, with A_old the scores the trajectories were simulated with.
 """
@@ -24,6 +28,7 @@ import torch
 from torch import Tensor
 
 from vsmd.diffusion.process import ForwardProcess
+from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.samplers import ScoreFn, euler_maruyama, heun
 
 ZB_MODES = ("full_score", "fbsde")
@@ -101,9 +106,12 @@ def _time_weights(process: ForwardProcess, traj: Trajectories) -> Tensor:
 
 
 def forward_loss(process: ForwardProcess, traj: Trajectories, alpha: Tensor, nu: Tensor | None,
-                 zb_mode: str = "full_score", zeta: float = 1.0) -> Tensor:
-    """𝓛(A) evaluated directly on the trajectories; differentiable in (alpha, nu). Used as a check."""
+                 zb_mode: str = "full_score", zeta: float = 1.0, r: Tensor | None = None) -> Tensor:
+    """𝓛(A) evaluated directly on the trajectories; differentiable in (alpha, nu) and in ``r``, an orthogonal
+    turn of the frame (A diagonal in the coordinates r^T a of the simulation frame's states). Used as a check."""
     w, x, v = _target(process, traj, zb_mode)
+    if r is not None:
+        w, x, v = w @ r, x @ r, (v @ r if v is not None else None)
     u = alpha * x + (nu * v if v is not None else 0)
     div = nu if v is not None else alpha  # A on the noise coordinate
     gamma = 0.5 * u * u + zeta * u * w + div
@@ -125,11 +133,17 @@ class SAStats:
 
     @classmethod
     def from_trajectories(cls, process: ForwardProcess, traj: Trajectories, zb_mode: str = "full_score",
-                          zeta: float = 1.0) -> "SAStats":
+                          zeta: float = 1.0, full: bool = False) -> "SAStats":
+        """The moments of a stage; with ``full`` (vector data), the d x d matrices m_ij = sum_n h sigma^2
+        mean_b[a_i b_j] that a rotation of the frame needs (``rotated``), with w first in the cross moments."""
         w, x, v = _target(process, traj, zb_mode)
         wt = _time_weights(process, traj)
+        if full and len(process.data_shape) != 1:
+            raise ValueError(f"full SA moments need vector data, got data shape {process.data_shape}")
 
         def m(a: Tensor, b: Tensor) -> Tensor:
+            if full:
+                return torch.einsum("n,nki,nkj->ij", wt.flatten(), a, b) / a.shape[1]
             return (wt * (a * b).mean(1)).sum(0)
 
         mom = v is not None
@@ -142,7 +156,39 @@ class SAStats:
              for k in self.__dataclass_fields__}
         return SAStats(**f)
 
+    @property
+    def full(self) -> bool:
+        return self.mxx.dim() == 2
+
+    def _pairs(self, alpha: Tensor, nu: Tensor | None) -> list[tuple[Tensor | None, Tensor]]:
+        """(moment, coefficient c_i) with 𝓛 = sum over pairs of sum_i c_i moment_ii + n sum(div)."""
+        if not self.momentum:
+            return [(self.mxx, 0.5 * alpha**2), (self.bx, self.zeta * alpha)]
+        return [(self.mxx, 0.5 * alpha**2), (self.mxv, alpha * nu), (self.mvv, 0.5 * nu**2),
+                (self.bx, self.zeta * alpha), (self.bv, self.zeta * nu)]
+
+    def rotated(self, r: Tensor) -> "SAStats":
+        """The per-dimension moments in the frame turned by the orthogonal r (new coordinates r^T a): the
+        diagonals of r^T m r of full moments. 𝓛 depends on the frame only through these."""
+        if not self.full:
+            raise ValueError("rotated() needs full moments (from_trajectories(..., full=True))")
+        f = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        for k in ("mxx", "mxv", "mvv", "bx", "bv"):
+            if f[k] is not None:
+                f[k] = torch.diagonal(r.T @ f[k] @ r)
+        return SAStats(**f)
+
+    def rotation_grad(self, r: Tensor, alpha: Tensor, nu: Tensor | None) -> Tensor:
+        """d𝓛/dr for 𝓛 = sum_pairs tr(C r^T m r) (C = diag(c)): sum_pairs (m + m^T) r C."""
+        out = torch.zeros_like(r)
+        for m, c in self._pairs(alpha, nu):
+            out = out + (m + m.T) @ r * c
+        return out
+
     def loss(self, alpha: Tensor, nu: Tensor | None) -> Tensor:
+        if self.full:
+            return self.rotated(torch.eye(self.mxx.shape[0], dtype=self.mxx.dtype, device=self.mxx.device)).loss(
+                alpha, nu)
         if not self.momentum:
             return (0.5 * alpha**2 * self.mxx + self.zeta * alpha * self.bx + self.n * alpha).sum()
         quad = alpha**2 * self.mxx + 2 * alpha * nu * self.mxv + nu**2 * self.mvv
@@ -150,6 +196,9 @@ class SAStats:
 
     def grad(self, alpha: Tensor, nu: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Analytic (d𝓛/dA_x, d𝓛/dA_v) (spec 5.3)."""
+        if self.full:
+            return self.rotated(torch.eye(self.mxx.shape[0], dtype=self.mxx.dtype, device=self.mxx.device)).grad(
+                alpha, nu)
         if not self.momentum:
             return alpha * self.mxx + self.zeta * self.bx + self.n, None
         ga = alpha * self.mxx + nu * self.mxv + self.zeta * self.bx
@@ -167,7 +216,8 @@ class VariationalScoreSA:
 
     def __init__(self, process: ForwardProcess, lr: float = 1e-2, n_steps: int = 5, n_paths: int = 256,
                  n_points: int = 100, zb_mode: str = "full_score", zeta: float = 1.0, lr_decay: float = 0.99,
-                 lr_decay_every: int = 100, clip: float = 1.0, sampler: str = "em") -> None:
+                 lr_decay_every: int = 100, clip: float = 1.0, sampler: str = "em",
+                 rotation: Rotation | None = None) -> None:
         if zb_mode not in ZB_MODES:
             raise ValueError(f"zb_mode must be one of {ZB_MODES}, got {zb_mode!r}")
         if sampler not in SA_SAMPLERS:
@@ -183,7 +233,12 @@ class VariationalScoreSA:
         self.process = process
         self.n_steps, self.n_paths, self.n_points = n_steps, n_paths, n_points
         self.zb_mode, self.zeta, self.clip, self.sampler = zb_mode, zeta, clip, sampler
-        self.optimizer = torch.optim.Adam([process.rho], lr=lr)
+        self.rotation = rotation
+        if rotation is not None and (len(process.data_shape) != 1 or rotation.d != process.data_shape[0]):
+            raise ValueError(f"a learned rotation of dimension {rotation.d} does not fit data of shape "
+                             f"{process.data_shape}")
+        groups = [{"params": [process.rho]}] + ([{"params": [rotation.angles]}] if rotation is not None else [])
+        self.optimizer = torch.optim.Adam(groups, lr=lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, lr_decay_every, lr_decay)
         self.stages = 0
         self.steps = 0
@@ -200,35 +255,47 @@ class VariationalScoreSA:
         p = self.process
         traj = simulate(p, score_fn, self.n_paths, self.n_points, generator, device=p.rho.device,
                         sampler=self.sampler)
-        stats = SAStats.from_trajectories(p, traj, self.zb_mode, self.zeta)
+        rot = self.rotation
+        stats = SAStats.from_trajectories(p, traj, self.zb_mode, self.zeta, full=rot is not None)
         if reduce is not None:
             stats = stats.reduce(reduce)
+        q_sim = rot.matrix() if rot is not None else None  # the frame the paths were simulated in
         info: dict[str, float] = {}
         for i in range(self.n_steps):
             alpha, nu = p.variational_scores()
-            loss = stats.loss(alpha, nu)
+            r = q_sim.T @ rot.matrix() if rot is not None else None  # the current frame relative to q_sim
+            diag = stats.rotated(r) if rot is not None else stats
+            loss = diag.loss(alpha, nu)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the SA loss for A is {loss.item()} at A-step {self.steps}: the "
                                          "backward simulation diverged; lower sa_lr or check the score network")
-            g = p.rho_grad(*stats.grad(alpha, nu)).to(p.rho.dtype)
-            gnorm = g.norm()
-            if not torch.isfinite(gnorm):  # clipping would turn it into a zero or NaN step and freeze A silently
-                raise FloatingPointError(f"the SA gradient for A is not finite ({gnorm.item()}) at A-step "
-                                         f"{self.steps}: the backward simulation diverged; A was not changed. Resume "
-                                         "from the last checkpoint with a lower sa_lr (or lr), or check the score "
-                                         "network")
-            if self.clip and gnorm > self.clip:
-                g = g * (self.clip / gnorm)
+            grads = [p.rho_grad(*diag.grad(alpha, nu)).to(p.rho.dtype)]
+            if rot is not None:
+                grads.append(rot.grad(q_sim @ stats.rotation_grad(r, alpha, nu)))
+            norms = [g.norm() for g in grads]
+            if not all(torch.isfinite(n) for n in norms):  # clipping would freeze A silently with a NaN step
+                raise FloatingPointError(f"the SA gradient for A is not finite ({[n.item() for n in norms]}) at "
+                                         f"A-step {self.steps}: the backward simulation diverged; A was not changed. "
+                                         "Resume from the last checkpoint with a lower sa_lr (or lr), or check the "
+                                         "score network")
+            if self.clip:  # rho and the rotation's angles are clipped separately (different units)
+                grads = [g * (self.clip / n) if n > self.clip else g for g, n in zip(grads, norms)]
             if i == 0:
-                info |= {"loss_before": loss.item(), "grad_norm": gnorm.item()}
-            p.rho.grad = g
+                info |= {"loss_before": loss.item(), "grad_norm": norms[0].item()}
+                if rot is not None:
+                    info["rotation_grad_norm"] = norms[1].item()
+            params = [p.rho] + ([rot.angles] if rot is not None else [])
+            for param, g in zip(params, grads):
+                param.grad = g
             self.optimizer.step()
-            p.rho.grad = None
+            for param in params:
+                param.grad = None
             p.clamp_rho()
             self.scheduler.step()
             self.steps += 1
         self.stages += 1
-        info["loss_after"] = stats.loss(*p.variational_scores()).item()
+        final = stats.rotated(q_sim.T @ rot.matrix()) if rot is not None else stats
+        info["loss_after"] = final.loss(*p.variational_scores()).item()
         self.seconds += time.perf_counter() - start
         return info
 
@@ -236,7 +303,7 @@ class VariationalScoreSA:
         """Set a new step-size schedule (after ``load_state_dict``, on resume) as if it had been used from the start:
         the step size becomes lr * lr_decay ** (A-steps taken // lr_decay_every); Adam's moments are kept."""
         sched = self.scheduler
-        sched.base_lrs, sched.gamma, sched.step_size = [lr], lr_decay, lr_decay_every
+        sched.base_lrs, sched.gamma, sched.step_size = [lr] * len(self.optimizer.param_groups), lr_decay, lr_decay_every
         for group in self.optimizer.param_groups:
             group["initial_lr"] = lr
             group["lr"] = lr * lr_decay ** (sched.last_epoch // lr_decay_every)

@@ -16,10 +16,11 @@ from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
 from vsmd.diffusion.ei import EI_GRIDS
 from vsmd.diffusion.process import MOMENTUM
+from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
 
 RHO_INITS = ("data", "zero")
-ROTATIONS = ("none", "pca")
+ROTATIONS = ("none", "pca", "learned")
 PARAMETRISATIONS = ("eps_v", "eps")
 NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
                     "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
@@ -93,13 +94,15 @@ class VSMDModule(pl.LightningModule):
             on the toys at 10-40 NFE (benchmarks/results/toy_ei.md).
         ei_grid: its time grid: "quadratic" (dense at the data end), "uniform" or "log".
         t_stop: stop every sampler at this time and return the data estimate there (None: run to t_eps).
-        rotation: the frame the (diagonal) process runs in: "none" (the data's coordinates) or "pca" (the
-            principal axes of the training data, fixed at the start of fit and kept in the checkpoint). A diagonal
-            A in a rotated frame is the full A = Q diag(alpha) Q^T in the data's coordinates, with the same exact
-            kernels; it follows stretches off the coordinate axes. Vector data (the toys) only, so far.
+        rotation: the frame the (diagonal) process runs in: "none" (the data's coordinates), "pca" (the
+            principal axes of the training data, fixed at the start of fit and kept in the checkpoint) or
+            "learned" (starts at the principal axes; the SA stages then refine Q with A, through Q = Q0 exp(K),
+            K skew-symmetric: vsmd.diffusion.rotation). A diagonal A in a rotated frame is the full
+            A = Q diag(alpha) Q^T in the data's coordinates, with the same exact kernels; it follows stretches off
+            the coordinate axes. Vector data (the toys, forecasting) only.
     """
 
-    supports_rotation = False  # tasks whose samples all pass through ``generate`` (ToyVSMD)
+    supports_rotation = False  # vector-data tasks whose samples leave the process's frame (toy, forecasting)
 
     def __init__(
         self,
@@ -178,12 +181,22 @@ class VSMDModule(pl.LightningModule):
         if rotation != "none":
             shape = self.data_shape()
             if not self.supports_rotation or len(shape) != 1:
-                raise ValueError(f"rotation {rotation!r} is available for the toy model (vector data) only so far; "
-                                 f"{type(self).__name__} (data shape {tuple(shape)}) needs rotation: none. For "
-                                 "images a full d x d rotation (d = 3072) would also be too large.")
+                raise ValueError(f"rotation {rotation!r} is available for vector data (the toy and forecasting "
+                                 f"models) only; {type(self).__name__} (data shape {tuple(shape)}) needs rotation: "
+                                 "none. For images a full d x d rotation (d = 3072) would be too large: its PCA "
+                                 "alone needs a 3072 x 3072 covariance, and a diagonal A per pixel already adapts "
+                                 "each pixel's rate.")
             self.register_buffer("frame", torch.eye(shape[0]))  # Q: frame coordinates are x @ Q (= Q^T x)
         else:
             self.frame = None
+        self.frame_rotation = None  # rotation "learned": Q = Q0 exp(K); ``frame`` holds its current value
+        if rotation == "learned":
+            if not self.process.adaptive:
+                raise ValueError(f"rotation 'learned' is refined by the SA stages, which process {process!r} does "
+                                 "not have; use an adaptive process (vsdm, vscld, vsuld) or rotation: pca")
+            if self.data_shape()[0] < 2:
+                raise ValueError("rotation 'learned' needs data with at least 2 dimensions; use rotation: none")
+            self.frame_rotation = Rotation(self.data_shape()[0])
         self._frame_initialised = False
         self.net = self.build_net()
         self.net_ema = None
@@ -196,7 +209,8 @@ class VSMDModule(pl.LightningModule):
         if sa_points is None:
             sa_points = 100 if sa_sampler == "em" else 50
         self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,
-                                      sa_lr_decay_every, sampler=sa_sampler) if self.process.adaptive else None)
+                                      sa_lr_decay_every, sampler=sa_sampler, rotation=self.frame_rotation)
+                   if self.process.adaptive else None)
         self._rho_initialised = False  # set once the data-informed start is done or a checkpoint is loaded
         self._sa_done_at = -1  # global step of the last SA stage (guards against a double stage)
         self.trained_steps = 0  # optimizer steps of the loaded checkpoint (reported by test/predict)
@@ -314,6 +328,10 @@ class VSMDModule(pl.LightningModule):
         """A state (x[, v]) of the process's frame in the data's coordinates (x and v rotate alike)."""
         return self.process.join(*(self.from_frame(z) for z in self.process.split(a)))
 
+    def frame_angle(self) -> float:
+        """The angle (degrees) of the frame's first axis in the data's plane (2-D data)."""
+        return math.degrees(math.atan2(float(self.frame[1, 0]), float(self.frame[0, 0])))
+
     @staticmethod
     def principal_axes(cov: Tensor) -> Tensor:
         """Q whose columns are the eigenvectors of a covariance, by decreasing variance; each column's largest
@@ -403,16 +421,19 @@ class VSMDModule(pl.LightningModule):
         if self.frame is not None and not (self._frame_initialised and self._rho_initialised):
             mean, cov = self.data_moments(full=True)
             if not self._frame_initialised:
-                self.frame.copy_(self.principal_axes(cov).to(self.frame.dtype))
+                axes = self.principal_axes(cov)
+                if self.frame_rotation is not None:
+                    self.frame_rotation.reset(axes)
+                self.frame.copy_(axes.to(self.frame.dtype))
             q = self.frame.to(torch.float64)
             frame_moments = (mean @ q, torch.diagonal(q.T @ cov @ q).clamp_min(0.0))  # the data in the frame
             if not self._frame_initialised:
                 self._frame_initialised = True
-                angle = f", first axis at {math.degrees(math.atan2(float(q[1, 0]), float(q[0, 0]))):.1f} degrees" \
-                    if q.shape[0] == 2 else ""
+                angle = f", first axis at {self.frame_angle():.1f} degrees" if q.shape[0] == 2 else ""
                 desc = ", ".join(f"{float(v):.3g}" for v in frame_moments[1][:16])
-                self.print(f"rotation pca: the process runs on the principal axes of the data{angle}; variances "
-                           f"{desc}")
+                refined = " (at the start; the SA stages refine them)" if self.frame_rotation is not None else ""
+                self.print(f"rotation {h.rotation}: the process runs on the principal axes of the data{angle}"
+                           f"{refined}; variances {desc}")
         if self.sa is None or h.rho_init != "data" or self._rho_initialised:
             return
         mean, var = frame_moments if frame_moments is not None else self.data_moments()
@@ -453,6 +474,9 @@ class VSMDModule(pl.LightningModule):
             info = self.sa.stage(self.sa_score_fn(batch, net, gen), gen, reduce)
         self.log_dict({"sa/loss": info["loss_after"], "sa/grad_norm": info["grad_norm"], "sa/lr": self.sa.lr,
                        "sa/seconds_total": self.sa.seconds}, on_step=True, on_epoch=False)
+        if self.frame_rotation is not None:  # the process now runs in the refined frame
+            self.frame.copy_(self.frame_rotation.matrix().to(self.frame.dtype))
+            self.log("sa/rotation_grad_norm", info["rotation_grad_norm"], on_step=True, on_epoch=False)
         self.log_variational_scores()  # A only changes here, so it is logged here rather than every step
 
     def variational_scores_dict(self) -> dict[str, float]:
@@ -461,6 +485,8 @@ class VSMDModule(pl.LightningModule):
         if alpha.numel() > 16:
             return {}
         values = {f"rho/{i}": float(v) for i, v in enumerate(self.process.rho.detach().flatten())}
+        if self.frame is not None and self.frame.shape[0] == 2:  # the direction of the frame's first axis
+            values["frame/angle_deg"] = self.frame_angle()
         values |= {f"A_x/{i}": float(v) for i, v in enumerate(alpha.flatten())}
         if nu is not None:
             values |= {f"A_v/{i}": float(v) for i, v in enumerate(nu.flatten())}

@@ -59,6 +59,8 @@ class TimeSeriesVSMD(VSMDModule):
             defaults to true).
     """
 
+    supports_rotation = True  # Q is D x D over the series; forecasts leave the frame in forecast()
+
     def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
                  lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
                  layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
@@ -190,7 +192,7 @@ class TimeSeriesVSMD(VSMDModule):
                 opts = self.sampler_options(net, cond, sampler)
                 res = run_sampler(sampler or h.sampler, self.process, lambda a, t, c=cond: self.score(a, t, net, c),
                                   len(cond), steps or h.sample_steps, gen, self.device, **opts)
-                values = torch.cat([values, self.process.split(res.state)[0][:, None]], dim=1)
+                values = torch.cat([values, self.from_frame(self.process.split(res.state)[0])[:, None]], dim=1)
                 nfe += res.nfe
         out = values[:, history:] * scale + loc
         return out.reshape(b, s, horizon, d), nfe
