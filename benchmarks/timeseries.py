@@ -50,10 +50,13 @@ def newest_version(folder: Path) -> Path:
 
 
 def run_exchange(process: str, seed: int, args, work: Path) -> dict:
+    """One fit and test; ``process`` may name a frame too, as process+rotation (vsuld+learned: full A)."""
     name = f"{process}-seed{seed}"
+    process, _, rotation = process.partition("+")
     common = ["--config", str(ROOT / "configs/exchange.yaml"), "--seed_everything", str(seed),
               "--model.init_args.process", process, "--model.init_args.seed", str(seed),
               "--model.init_args.damping", str(DAMPING.get(process, "null")),
+              *(["--model.init_args.rotation", rotation] if rotation else []),
               "--data.init_args.seed", str(seed), "--data.init_args.data_dir", str(args.data_dir),
               "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -76,9 +79,11 @@ def run_exchange(process: str, seed: int, args, work: Path) -> dict:
         r = json.loads((newest_version(work / name) / "test_metrics.json").read_text())
         samplers[spec] = {"crps_sum": r["metrics"]["crps_sum"], "nfe_per_step": r["nfe_per_step"],
                           "sampling_seconds": r["sampling_seconds"]}
+    process = f"{process}+{rotation}" if rotation else process
     return {"process": process, "seed": seed, "steps": args.steps, "fit_seconds": fit_s, "test_seconds": test_s,
             **report["metrics"], "nfe_per_step": report["nfe_per_step"], "nfe_per_path": report["nfe_per_path"],
             "sampling_seconds": report["sampling_seconds"], "A_x": report.get("A_x"), "A_v": report.get("A_v"),
+            "frame": report.get("frame"),
             "samplers": samplers}
 
 
@@ -200,7 +205,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated process:seed list")
+    ap.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated process:seed list; process+rotation "
+                    "(e.g. vsuld+learned) runs the process in that frame (full A)")
     ap.add_argument("--throughput-steps", type=int, default=5)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-timeseries",
                     help="run folders (outside the repository)")
