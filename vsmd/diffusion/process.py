@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from vsmd.diffusion import kernel
 
-PROCESSES = ("vp", "vsdm", "cld", "uld", "vscld", "vsuld")
+PROCESSES = ("vp", "vsdm", "cld", "uld", "vscld", "vsuld")  # forward diffusions from the data
+BRIDGES = ("agm",)  # phase-space bridges to the data (vsmd.diffusion.agm)
 MOMENTUM = ("cld", "uld", "vscld", "vsuld")
 ADAPTIVE = ("vsdm", "vscld", "vsuld")
 INIT_VELOCITY = ("hsm", "dsm")
@@ -440,15 +441,19 @@ class MomentumProcess(ForwardProcess):
 def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
                  beta_schedule: str = "auto", beta_min: float = 0.1, gamma: float = 2.0,
                  damping: float | None = None, init_velocity: str = "hsm", v0_var: float = 1.0,
-                 t_eps: float = 1e-3) -> ForwardProcess:
-    """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum).
+                 t_eps: float = 1e-3, agm_p: float = 3.0, agm_k: float = 0.2) -> ForwardProcess:
+    """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum); or the AGM
+    bridge ``agm`` (noise scale ``agm_p``, start correlation -``agm_k``; the diffusion options do not apply).
 
     ``beta_schedule="auto"`` is linear (beta_min -> beta) for ``vp`` and constant otherwise.
     ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``; None gives 1, resp. the paper's 0.7);
     ``vp``/``cld``/``uld`` keep A = 0.
     """
+    if name == "agm":
+        from vsmd.diffusion.agm import AGMProcess
+        return AGMProcess(tuple(data_shape), agm_p, agm_k)
     if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES)}")
+        raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES + BRIDGES)}")
     if beta_schedule == "auto":
         beta_schedule = "linear" if name == "vp" else "constant"
     schedule = BetaSchedule(float(beta), beta_schedule, float(beta_min))

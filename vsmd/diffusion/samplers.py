@@ -123,6 +123,14 @@ def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps:
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if getattr(process, "bridge", False):  # AGM: score_fn is the force; its own integrator, ending with the hop
+        from vsmd.diffusion.agm import agm_grid, agm_sample
+        if name != "ei":
+            raise ValueError(f"process {process.name!r} samples with its exponential integrator only: use sampler "
+                             f"ei, not {name!r}")
+        a = process.prior_sample(n, generator=generator, device=device)
+        times = agm_grid(steps, t_stop, ei_grid, device=device)
+        return agm_sample(process, score_fn, a, times, ei_order, return_trajectory, progress)
     if steps < 2:
         raise ValueError(f"a sampler needs at least 2 grid points, got steps={steps}")
     if (name == "ei" or t_stop is not None) and denoise_fn is None:

@@ -100,6 +100,11 @@ class VSMDModule(pl.LightningModule):
             K skew-symmetric: vsmd.diffusion.rotation). A diagonal A in a rotated frame is the full
             A = Q diag(alpha) Q^T in the data's coordinates, with the same exact kernels; it follows stretches off
             the coordinate axes. Vector data (the toys, forecasting) only.
+        agm_p: process "agm" (the AGM bridge, vsmd.diffusion.agm): the noise scale p of g(t) = p (1 - t).
+        agm_k: process "agm": the correlation -k of (x0, v0) at the noise end. AGM trains the network on the
+            bridge's force (beta, gamma, damping, init_velocity, the SA and rho options do not apply), samples with
+            sampler "ei" (its multistep integrator, ``ei_order``, grid "quadratic" or "uniform") and returns the
+            hop's estimate of the data at ``t_stop`` (AGM's time, noise 0 -> data 1; None: 0.999).
     """
 
     supports_rotation = False  # vector-data tasks whose samples leave the process's frame (toy, forecasting)
@@ -143,6 +148,8 @@ class VSMDModule(pl.LightningModule):
         ei_grid: str = "quadratic",
         t_stop: float | None = None,
         rotation: str = "none",
+        agm_p: float = 3.0,
+        agm_k: float = 0.2,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
@@ -153,7 +160,17 @@ class VSMDModule(pl.LightningModule):
             raise ValueError("parametrisation 'eps' needs init_velocity 'hsm'")
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
-        if t_stop is not None and not t_eps <= t_stop < 1.0:
+        if process == "agm":
+            if sampler != "ei":
+                raise ValueError(f"process agm samples with its exponential integrator: set sampler: ei (got "
+                                 f"{sampler!r})")
+            if rotation != "none":
+                raise ValueError("process agm has no variational scores to rotate: use rotation: none")
+            if ei_grid not in ("quadratic", "uniform"):
+                raise ValueError(f"process agm needs ei_grid quadratic or uniform, got {ei_grid!r}")
+            if t_stop is not None and not 0 < t_stop <= 0.999:
+                raise ValueError(f"for process agm t_stop is the bridge time of the hop, in (0, 0.999], got {t_stop}")
+        elif t_stop is not None and not t_eps <= t_stop < 1.0:
             raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
         if rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
@@ -177,7 +194,8 @@ class VSMDModule(pl.LightningModule):
                              f"{sample_steps}")
         self.save_hyperparameters()
         self.process = make_process(process, self.data_shape(), beta, beta_schedule, beta_min, gamma, damping,
-                                    init_velocity, v0_var, t_eps)
+                                    init_velocity, v0_var, t_eps, agm_p, agm_k)
+        self.bridge = bool(getattr(self.process, "bridge", False))  # AGM: the network predicts a force
         if rotation != "none":
             shape = self.data_shape()
             if not self.supports_rotation or len(shape) != 1:
@@ -254,6 +272,8 @@ class VSMDModule(pl.LightningModule):
         net = net if net is not None else self.eval_net
         tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
         scale = self.process.noise_scale(tt).to(a.dtype)
+        if self.bridge:  # AGM: the samplers integrate the force F = s(t) * output
+            return self._eps(net, a, t, cond) * scale
         return -self._eps_v(net, a, t, cond) / scale  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
 
     def denoise(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
@@ -277,6 +297,8 @@ class VSMDModule(pl.LightningModule):
         name = sampler or h.sampler
         opts: dict[str, Any] = {"ei_order": h.get("ei_order", 3), "ei_grid": h.get("ei_grid", "quadratic"),
                                 "t_stop": h.get("t_stop") if name == h.sampler else None}
+        if self.bridge:  # the hop comes from the force itself
+            return opts
         if name == "ei" or opts["t_stop"] is not None:
             if self.process.momentum and self.hparams.get("init_velocity", "hsm") != "hsm":
                 raise ValueError(NO_DATA_ESTIMATE)
@@ -352,11 +374,13 @@ class VSMDModule(pl.LightningModule):
         return p.t_eps + (p.t_max - p.t_eps) * torch.rand(n, device=self.device), None
 
     def score_loss(self, x0: Tensor, net: nn.Module, cond: Tensor | None = None) -> Tensor:
-        """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch."""
+        """||eps_hat - eps_v||^2 summed over dimensions, averaged over the batch (AGM: the normalised force, each
+        sample weighted by 1 / (1 - t))."""
         t, coeffs = self._sample_times(x0.shape[0])
         a, eps, _ = self.process.perturb(self.to_frame(x0), t, coeffs, full=self.out_state == 2)
         eps_hat = self._eps(net, a, t, cond)
-        return (eps_hat - eps).pow(2).flatten(1).sum(1).mean()
+        err = (eps_hat - eps).pow(2).flatten(1).sum(1)
+        return (err * self.process.loss_weight(t)).mean() if self.bridge else err.mean()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.batch_loss(batch, self.net)

@@ -53,6 +53,11 @@ class ToyVSMD(VSMDModule):
             raise ValueError(f"the data have dimension {dim} but the model was built for data_dim={self._data_dim}; "
                              f"set model.data_dim: {dim}")
 
+    @property
+    def path_sampler(self) -> str:
+        """The sampler of the straightness paths and path figures: the PF-ODE's Heun, AGM's own integrator."""
+        return "ei" if self.bridge else "heun"
+
     def _x_paths(self, trajectory: Tensor) -> Tensor:
         """The x part (N, B, d) of a sampler trajectory of states (N, B, n_state * d)."""
         return self.process.split(trajectory.flatten(0, 1))[0].reshape(*trajectory.shape[:2], -1)
@@ -67,7 +72,7 @@ class ToyVSMD(VSMDModule):
         fake = self.generate(len(real)).state
         x_fake = self.process.split(fake)[0].cpu()
         tb.add_figure("samples", samples_figure(real, x_fake, title=self.hparams.process), self.global_step)
-        paths = self.generate(16, sampler="heun", steps=self.hparams.straight_steps, return_trajectory=True)
+        paths = self.generate(16, sampler=self.path_sampler, steps=self.hparams.straight_steps, return_trajectory=True)
         tb.add_figure("pf_ode_paths", trajectories_figure(self._x_paths(paths.trajectory).cpu(), paths.times.cpu()),
                       self.global_step)
 
@@ -79,7 +84,7 @@ class ToyVSMD(VSMDModule):
         res = self.generate(len(real), progress=True)
         wall = time.perf_counter() - start
         fake = self.process.split(res.state)[0]
-        paths = self.generate(h.n_straight, sampler="heun", steps=h.straight_steps, return_trajectory=True,
+        paths = self.generate(h.n_straight, sampler=self.path_sampler, steps=h.straight_steps, return_trajectory=True,
                               seed=h.seed + 1)
         times = paths.times[:-1]  # the grid T..t_eps; the last point is the final Euler step to t = 0
         s = straightness(self._x_paths(paths.trajectory[:-1]), times)
@@ -96,7 +101,7 @@ class ToyVSMD(VSMDModule):
         self._test = {"metrics": metrics, "sampler": h.sampler, "sample_steps": h.sample_steps, "nfe": res.nfe,
                       "n_samples": len(real), "sampling_seconds": wall,
                       "straightness": {"metric": "rectified-flow straightness int E[(dx/(T-t_eps) - xdot)^2] ds "
-                                       "per dimension, finite differences", "sampler": "heun",
+                                       "per dimension, finite differences", "sampler": self.path_sampler,
                                        "steps": h.straight_steps, "paths": h.n_straight},
                       "process": h.process, "beta": h.beta, "damping": h.damping,
                       "trained_steps": max(self.trained_steps, self.global_step), "samples_problem": problem}

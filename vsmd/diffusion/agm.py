@@ -1,0 +1,258 @@
+"""AGM, the Acceleration Generative Model (Chen et al., "Generative Modeling with Phase Stochastic Bridges",
+ICLR 2024): a phase-space stochastic bridge from a Gaussian start to the data (issue 13).
+
+Time runs from the noise end t = 0 to the data end t = 1; h = 1 - t. Given a data point x1, the controlled
+dynamics are Newtonian, dx = v dt, dv = a* dt + g dW, with g(t) = p h and the optimal-control acceleration
+
+    a*(x, v, t) = 4 (x1 - x - h v) / h^2,
+
+so that (x, v) is a linear SDE with the drift matrix F(t) = [[0, 1], [-4/h^2, -4/h]] plus (0, 4 x1 / h^2). The
+start is (x0, v0) ~ N(0, Sigma0), unit variances and correlation -k. Everything below is derived here (and
+checked in tests/test_agm.py against a numerically solved Lyapunov ODE and Monte Carlo of the SDE):
+
+* Homogeneous solutions. x'' = -4 x / h^2 - 4 x' / h is, in h, the Euler equation h^2 x_hh - 4 h x_h + 4 x = 0,
+  with x = h and x = h^4. The fundamental matrix is Y(t) = [[h, h^4], [-1, -4 h^3]] (v = dx/dt = -dx/dh), and the
+  transition is Phi(t, s) = Y(t) Y(s)^{-1}, det Y(s) = -3 u^4 with u = 1 - s.
+* Mean. x = x1 is a particular solution, so mu(t) = (x1, 0) + Phi(t, 0) (mu0 - (x1, 0)) with mu0 = 0:
+  mu_x = (1 - Phi11(t, 0)) x1 = (1 - (4h - h^4)/3) x1 and mu_v = -Phi21(t, 0) x1 = 4 (1 - h^3)/3 x1; mu_x(1) = x1.
+* Covariance. Sigma(t) = Phi(t,0) Sigma0 Phi(t,0)^T + N(t), with the noise part N = int_0^t Phi(t,s) e_v e_v^T
+  Phi(t,s)^T g(s)^2 ds. Phi(t,s) e_v = (h - h^4/u^3, -1 + 4 h^3/u^3) / 3, and with g^2 = p^2 u^2 the integrals
+  over u in [h, 1] are elementary (the 1/u terms give the log h terms):
+      N_xx = p^2/9 [h^2 (1 - h^3)/3 + 2 h^5 log h + (h^5 - h^8)/3]
+      N_xv = p^2/9 [-h (1 - h^3)/3 - 5 h^4 log h - 4 (h^4 - h^7)/3]
+      N_vv = p^2/9 [(1 - h^3)/3 + 8 h^3 log h + 16 (h^3 - h^6)/3]
+* Training target: the conditional probability-flow force F = a* - 1/2 g^2 grad_v log p_t(x, v | x1)
+  = a* + 1/2 g^2 eps_v / L_vv (L the Cholesky factor of Sigma, a = mu + L eps). Its regression onto (x, v)
+  is the force of the marginal probability-flow ODE dx = v dt, dv = F(x, v, t) dt. With a = mu + L eps,
+  F = 4 h^2 x1 - 4 (L_xx + h L_vx)/h^2 eps_x + (g^2/(2 L_vv) - 4 L_vv/h) eps_v (because Phi11 + h Phi21 = h^4 at
+  s = 0); the network predicts F / s(t), s(t)^2 = 16 h^4 + (4 (L_xx + h L_vx)/h^2)^2 + (g^2/(2 L_vv) - 4 L_vv/h)^2,
+  unit variance for data of unit variance. The loss is weighted by 1/(1 - t), t ~ U(1e-5, 0.999).
+* Sampling-hop: F is affine in x1, F = F(x, v; x1 = 0) + c(t) x1, so the network's force gives the estimate
+  x1_hat = (F_theta - F(x, v; 0)) / c(t) in closed form; it is exact for a single data point at every t.
+* Sampler: dx = v dt, dv = F dt with the free-particle transition [[1, dt], [0, 1]] exact, and F extrapolated by
+  the Lagrange polynomial through the last ``order`` network outputs, its integrals (for v) and moments
+  int (t_next - tau) (for x) computed once per grid in float64 (Gauss-Legendre, exact for these polynomials).
+  The grid is quadratic, dense at the noise end; the sampler ends with the hop at its last time (t_stop).
+
+All coefficients are computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vsmd.diffusion import kernel
+from vsmd.diffusion.process import pad_like
+
+AGM_T_MIN, AGM_T_MAX = 1e-5, 0.999  # the training times; sampling ends at t_stop <= AGM_T_MAX
+
+
+def transition(t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Phi(t, s) = Y(t) Y(s)^{-1} of the bridge's homogeneous drift, entries (11, 12, 21, 22), float64."""
+    h, u = 1 - t.to(torch.float64), 1 - s.to(torch.float64)
+    u4 = 3 * u**4
+    return ((4 * h * u**3 - h**4) / u4, (h * u**4 - h**4 * u) / u4,
+            (4 * h**3 - 4 * u**3) / u4, (4 * h**3 * u - u**4) / u4)
+
+
+class AGMProcess(nn.Module):
+    """The conditional Gaussian path of AGM given the data point, and what training and sampling need of it.
+
+    It offers the interface of a momentum process where the module uses one: ``split``/``join`` of (x, v),
+    ``perturb`` (a_t and the normalised force target), ``coefficients``/``table`` (cached per training level),
+    ``prior_sample``; it has no variational scores (``adaptive`` False).
+    """
+
+    momentum = True
+    adaptive = False
+    n_state = 2
+    bridge = True  # time runs noise (0) -> data (1); samplers get the force, not a score
+
+    def __init__(self, data_shape: tuple[int, ...], p: float = 3.0, k: float = 0.2,
+                 t_eps: float = AGM_T_MIN, t_max: float = AGM_T_MAX) -> None:
+        super().__init__()
+        if not p > 0:
+            raise ValueError(f"the AGM noise scale p must be > 0, got {p}")
+        if not 0 <= k < 1:
+            raise ValueError(f"the AGM start correlation k must be in [0, 1), got {k}")
+        if not 0 < t_eps < t_max < 1:
+            raise ValueError(f"AGM needs 0 < t_eps < t_max < 1, got {t_eps}, {t_max}")
+        self.name = "agm"
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.p, self.k = float(p), float(k)
+        self.t_eps, self.t_max = float(t_eps), float(t_max)
+
+    def split(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        return tuple(a.chunk(2, dim=1))  # type: ignore[return-value]
+
+    def join(self, x: Tensor, v: Tensor) -> Tensor:
+        return torch.cat([x, v], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"agm, p={self.p}, k={self.k}, data_shape={self.data_shape}"
+
+    # ----------------------------------------------------------------------------------------------
+    def diffusion_sq(self, t: Tensor) -> Tensor:
+        return (self.p * (1 - t.to(torch.float64))) ** 2
+
+    def covariance(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sigma(t) of (x_t, v_t) given x1 (xx, xv, vv), float64."""
+        t = t.to(torch.float64)
+        h = 1 - t
+        lh = torch.log(h)
+        c = self.p**2 / 9
+        nxx = c * (h**2 * (1 - h**3) / 3 + 2 * h**5 * lh + (h**5 - h**8) / 3)
+        nxv = c * (-h * (1 - h**3) / 3 - 5 * h**4 * lh - 4 * (h**4 - h**7) / 3)
+        nvv = c * ((1 - h**3) / 3 + 8 * h**3 * lh + 16 * (h**3 - h**6) / 3)
+        p11, p12, p21, p22 = transition(t, torch.zeros_like(t))
+        k = -self.k  # Sigma0 = [[1, -k], [-k, 1]]
+        sxx = p11 * p11 + 2 * k * p11 * p12 + p12 * p12
+        sxv = p11 * p21 + k * (p11 * p22 + p12 * p21) + p12 * p22
+        svv = p21 * p21 + 2 * k * p21 * p22 + p22 * p22
+        return sxx + nxx, sxv + nxv, svv + nvv
+
+    def coefficients(self, t: Tensor, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+        """Per time: mean coefficients (mx, mv: mu = (mx, mv) x1), Cholesky (lxx, lvx, lvv), g^2, the force
+        target's scale s and the hop's coefficient c, shaped (B, 1, ..., 1)."""
+        t64 = t.to(torch.float64)
+        h = 1 - t64
+        p11, _, p21, _ = transition(t64, torch.zeros_like(t64))
+        lxx, lvx, lvv = kernel.cholesky2x2(*self.covariance(t64))
+        g2 = self.diffusion_sq(t64)
+        cx = 4 * (lxx + h * lvx) / h**2
+        cv = g2 / (2 * lvv) - 4 * lvv / h
+        scale = (16 * h**4 + cx**2 + cv**2).sqrt()
+        mx, mv = 1 - p11, -p21
+        hop = 4 / h**2 + g2 / (2 * lvv**2) * (lvx * mx / lxx - mv)  # d F / d x1
+        out = {"mx": mx, "mv": mv, "lxx": lxx, "lvx": lvx, "lvv": lvv, "g2": g2, "scale": scale, "hop": hop,
+               "h": h}
+        shape = (-1, *([1] * len(self.data_shape)))
+        return {key: val.to(dtype).reshape(shape) for key, val in out.items()}
+
+    def table(self, levels: Tensor) -> dict[str, Tensor]:
+        return self.coefficients(levels)
+
+    def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
+        """The scale s(t) the network's output is multiplied by to give the force."""
+        return (coeffs or self.coefficients(t))["scale"]
+
+    def loss_weight(self, t: Tensor) -> Tensor:
+        return 1 / (1 - t)
+
+    # ----------------------------------------------------------------------------------------------
+    def force(self, a: Tensor, t: Tensor, x1: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
+        """The conditional probability-flow force F(x, v, t; x1) (exact when the data are the point x1)."""
+        k = coeffs if coeffs is not None else self.coefficients(t, a.dtype)
+        x, v = self.split(a)
+        ex = (x - k["mx"] * x1) / k["lxx"]
+        ev = (v - k["mv"] * x1 - k["lvx"] * ex) / k["lvv"]
+        h = k["h"]
+        return 4 * (x1 - x - h * v) / h**2 + 0.5 * k["g2"] * ev / k["lvv"]
+
+    def perturb(self, x1: Tensor, t: Tensor, coeffs: dict[str, Tensor] | None = None,
+                generator: torch.Generator | None = None, full: bool = False):
+        """Draw a_t ~ p(a_t | x1): (a_t, the force target F / s(t), s(t))."""
+        k = coeffs if coeffs is not None else self.coefficients(t.to(x1.device))
+        ex = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        ev = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        x = k["mx"] * x1 + k["lxx"] * ex
+        v = k["mv"] * x1 + k["lvx"] * ex + k["lvv"] * ev
+        h = k["h"]
+        target = 4 * h**2 * x1 - 4 * (k["lxx"] + h * k["lvx"]) / h**2 * ex + (
+            k["g2"] / (2 * k["lvv"]) - 4 * k["lvv"] / h) * ev
+        return self.join(x, v), target / k["scale"], k["scale"]
+
+    def hop(self, a: Tensor, t: Tensor, force: Tensor) -> Tensor:
+        """The sampling-hop: the estimate of x1 from the force at (a, t) (F is affine in x1)."""
+        k = self.coefficients(t[:1], a.dtype)
+        return (force - self.force(a, t, torch.zeros_like(force), k)) / k["hop"]
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """(x0, v0) ~ N(0, [[1, -k], [-k, 1]]) per dimension."""
+        ex = torch.randn((n, *self.data_shape), generator=generator, device=device)
+        ev = torch.randn((n, *self.data_shape), generator=generator, device=device)
+        return self.join(ex, -self.k * ex + math.sqrt(1 - self.k**2) * ev)
+
+
+# ----------------------------------------------------------------------------------------------
+def agm_grid(steps: int, t_stop: float | None = None, kind: str = "quadratic", device=None) -> Tensor:
+    """``steps`` increasing times from 0 to t_stop (default AGM_T_MAX): quadratic (dense at the noise end) or
+    uniform."""
+    if steps < 2:
+        raise ValueError(f"the AGM sampler needs at least 2 grid points, got {steps}")
+    end = AGM_T_MAX if t_stop is None else float(t_stop)
+    if not 0 < end <= AGM_T_MAX:
+        raise ValueError(f"the AGM sampler's t_stop must be in (0, {AGM_T_MAX}], got {t_stop}")
+    s = torch.linspace(0, 1, steps, dtype=torch.float64)
+    if kind == "quadratic":
+        s = s**2  # the smallest steps at t = 0, where the start's noise is resolved
+    elif kind != "uniform":
+        raise ValueError(f"the AGM grid must be 'quadratic' or 'uniform', got {kind!r}")
+    return (end * s).to(device)
+
+
+def multistep_weights(times: Tensor, order: int) -> tuple[Tensor, Tensor]:
+    """Per step i and node j (the last ``order`` grid times t_i, t_{i-1}, ...): w[i, j] = int_{t_i}^{t_i+1}
+    l_j and u[i, j] = int_{t_i}^{t_i+1} (t_{i+1} - tau) l_j(tau) dtau, l_j the Lagrange basis of those nodes (fewer at
+    the start). Float64, Gauss-Legendre with 4 points (exact for degree <= 7)."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"the AGM sampler's order must be 1, 2 or 3, got {order}")
+    t = times.to(torch.float64).cpu().numpy()
+    gx, gw = np.polynomial.legendre.leggauss(4)
+    n = len(t) - 1
+    w, u = np.zeros((n, order)), np.zeros((n, order))
+    for i in range(n):
+        nodes = [t[i - j] for j in range(min(order, i + 1))]
+        a, b = t[i], t[i + 1]
+        tau = (b - a) / 2 * gx + (a + b) / 2
+        qw = gw * (b - a) / 2
+        for j, tj in enumerate(nodes):
+            lj = np.ones_like(tau)
+            for m, tm in enumerate(nodes):
+                if m != j:
+                    lj *= (tau - tm) / (tj - tm)
+            w[i, j] = (qw * lj).sum()
+            u[i, j] = (qw * (b - tau) * lj).sum()
+    return torch.from_numpy(w), torch.from_numpy(u)
+
+
+@torch.no_grad()
+def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: int = 3,
+               return_trajectory: bool = False, progress: bool = False):
+    """Integrate the probability-flow ODE dx = v dt, dv = F dt on the increasing grid ``times``: the free-particle
+    part exactly, F by Lagrange extrapolation over the last ``order`` outputs (``multistep_weights``), then hop to
+    the estimate of x1 at the last time. NFE = len(times): one force per step and one for the hop. The result's
+    ``times`` are 1 - t (time to the data, decreasing, like the diffusion time of the other samplers)."""
+    from tqdm.auto import tqdm
+
+    from vsmd.diffusion.samplers import SampleResult
+    key = (tuple(times.tolist()), order)
+    cache = process.__dict__.setdefault("_weights", {})
+    if key not in cache:  # once per grid
+        cache.clear()
+        cache[key] = multistep_weights(times, order)
+    w, u = (z.tolist() for z in cache[key])
+    x, v = process.split(a)
+    forces: list[Tensor] = []
+    traj = [a] if return_trajectory else None
+    n = len(times) - 1
+    for i in tqdm(range(n), desc="AGM sampling", leave=False, disable=not progress):
+        t = torch.full((a.shape[0],), float(times[i]), device=a.device)
+        forces.insert(0, force_fn(process.join(x, v), t))
+        del forces[order:]
+        dt = float(times[i + 1] - times[i])
+        x = x + dt * v + sum(u[i][j] * f for j, f in enumerate(forces))
+        v = v + sum(w[i][j] * f for j, f in enumerate(forces))
+        if traj is not None:
+            traj.append(process.join(x, v))
+    t = torch.full((a.shape[0],), float(times[-1]), device=a.device)
+    state = process.join(x, v)
+    state = process.join(process.hop(state, t, force_fn(state, t)), v)
+    if traj is not None:
+        traj[-1] = state
+    return SampleResult(state, n + 1, (1 - times.to(torch.float64)).to(a.device),
+                        torch.stack(traj) if traj is not None else None)
