@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy2d import ROOT, _ms, _slug, run_one  # noqa: E402
+from toy2d import ROOT, _ms, _slug, noise_floor, run_one  # noqa: E402
 
 ROWS = {  # name: (config, rotation of the process's frame or None for the config's, angle of the data)
     "diagonal A, spiral-8Y not rotated": ("configs/spiral8y.yaml", None, 0.0),
@@ -145,7 +145,11 @@ def main() -> None:
         lines.append(f"| {name} | {len(runs)} | {col('rmse_pmf', '.5f')} | {col('std_ratio_stretch', '.2f')} | "
                      f"{col('w1_stretch', '.2f')} | {col('std_ratio_across', '.2f')} | {col('w1_across', '.2f')} | "
                      f"{col('frame_angle', '.1f')} | {col('stretch_alignment', '.4f')} | {rho or '-'} |")
-    lines += ["", "first axis: the direction of the frame's first column (the stretch is at 135 degrees, the same "
+    floors = {c: noise_floor(c) for c in dict.fromkeys(c for c, _, _ in ROWS.values())}
+    lines += ["", "RMSE PMF noise floor (two independent real sets of 3000): " + "; ".join(
+        f"{c} {f:.5f}" for c, f in floors.items()) + ". The PMF grid spans the data's bounding box, so the rotated "
+        "and the unrotated rows are not on the same grid; compare the rotated rows with each other.",
+        "", "first axis: the direction of the frame's first column (the stretch is at 135 degrees, the same "
               "line as -45); alignment: |cos| of the angle between it and the stretch direction. rho is per axis "
               "of the process's frame (the data's axes for diagonal A).", "",
               "![samples and axes](rotation.png)", ""]

@@ -154,7 +154,7 @@ def noise_floor(config: str, pairs: int = 5) -> float:
     vals = []
     for i in range(pairs):
         g = torch.Generator().manual_seed(10_000 + i)
-        real, other = (make_toy(data["dataset"], 3000, data["stretch"], g) for _ in range(2))
+        real, other = (make_toy(data["dataset"], 3000, data["stretch"], g, data.get("rotate", 0.0)) for _ in range(2))
         vals.append(pmf_rmse(real, other))
     return sum(vals) / len(vals)
 

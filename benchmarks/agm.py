@@ -1,0 +1,144 @@
+"""AGM beside VSULD-5 and CLD-10 on the paper's toys at NFE 5, 10 and 20 (issue 13).
+
+AGM trains through ``vsmd fit`` from configs/spiral8y_agm.yaml and configs/checkerboard6x_agm.yaml (the same
+network, batch size and 5000 steps as the VSMD toys); VSULD-5 and CLD-10 are the toy benchmark's runs
+(benchmarks/toy2d.py, reused from its --work folder, trained there if missing). Every checkpoint is then scored
+by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper's hop times (t_stop 0.4 / 0.7 /
+0.9 for NFE 5 / 10 / 20) and at a late hop (t_stop 0.99); VSULD-5 and CLD-10 with the exponential integrator
+(``sampler ei``, order 3, NFE = sample_steps - 1). Writes benchmarks/results/agm.md, agm.json and agm_paths.png
+(probability-flow paths of AGM and VSULD-5, seed 0).
+
+    python benchmarks/agm.py                         # 3 seeds, about 40 minutes on 2 cores
+    python benchmarks/agm.py --seeds 0 --steps 200   # a smoke run (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy2d import DATASETS, MODELS, ROOT, _args, _latest, _ms, _vsmd, run_one  # noqa: E402
+
+AGM_CONFIGS = {"spiral-8Y": "configs/spiral8y_agm.yaml", "checkerboard-6X": "configs/checkerboard6x_agm.yaml"}
+NFES = (5, 10, 20)
+PAPER_STOP = {5: 0.4, 10: 0.7, 20: 0.9}  # the official AGM settings (images in [-1, 1])
+
+
+def evaluate(config: str, spec: tuple, ckpt: Path, out: Path, seed: int, overrides: list[str]) -> dict:
+    """``vsmd test`` of ``ckpt`` with ``overrides``; returns its test_metrics.json."""
+    _vsmd(["test", *_args(config, *spec, out, seed), *overrides, "--ckpt_path", str(ckpt)], 1)
+    return json.loads((_latest(out) / "test_metrics.json").read_text())
+
+
+def run_model(name: str, ds: str, seed: int, args) -> dict:
+    cached = args.work / "agm" / f"{name}_{ds}_{seed}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    if name == "AGM":
+        config, spec = AGM_CONFIGS[ds], ("agm", 5.0, 1.0, ())
+        out = args.work / "agm" / f"AGM_{ds}_{seed}"
+    else:
+        config, spec = DATASETS[ds][0], MODELS[name]
+        out = args.work / ds / f"{name.replace('-', '_')}_{seed}"
+    base = run_one(config, *spec, args.steps, out, seed)  # fit (or reuse) and the config's own test
+    ckpt = sorted((out / "run").glob("version_*/checkpoints/last.ckpt"),
+                  key=lambda p: int(p.parent.parent.name.split("_")[1]))[0]
+    rows = {}
+    for nfe in NFES:
+        if name == "AGM":
+            for stop in (PAPER_STOP[nfe], 0.99):
+                rows[f"{nfe}:{stop}"] = evaluate(config, spec, ckpt, out, seed, [
+                    "--model.init_args.sample_steps", str(nfe), "--model.init_args.t_stop", str(stop)])
+        else:
+            rows[f"{nfe}"] = evaluate(config, spec, ckpt, out, seed, [
+                "--model.init_args.sampler", "ei", "--model.init_args.sample_steps", str(nfe + 1)])
+    result = {"ckpt": str(ckpt), "config": config, "train_seconds": base["train_seconds"],
+              "rows": {k: {"metrics": r["metrics"], "nfe": r["nfe"]} for k, r in rows.items()}}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+@torch.no_grad()
+def paths_figure(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vsmd.models import ToyVSMD
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    for ax, name in zip(axes, ("AGM", "VSULD-5")):
+        model = ToyVSMD.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu")
+        res = model.generate(40, sampler="ei", steps=100, return_trajectory=True, seed=3)
+        x = model.process.split(res.trajectory.flatten(0, 1))[0].reshape(*res.trajectory.shape[:2], -1).numpy()
+        for b in range(x.shape[1]):
+            ax.plot(x[:, b, 0], x[:, b, 1], lw=0.6, alpha=0.7)
+        ax.scatter(x[-1, :, 0], x[-1, :, 1], s=6, c="k", zorder=3)
+        ax.set(title=f"{name}: 40 probability-flow paths (ei, 100 points)", aspect="equal")
+        ax.title.set_fontsize(9)
+    fig.suptitle("spiral-8Y, seed 0: paths from the noise (start) to the data (black dots)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy2d",
+                    help="run folders (outside the repository), shared with benchmarks/toy2d.py")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    jobs = [(name, ds, seed) for seed in args.seeds for ds in AGM_CONFIGS for name in ("AGM", "VSULD-5", "CLD-10")]
+
+    def work(job):
+        print(f"=== {job}", flush=True)
+        return job, run_model(*job, args)
+
+    results: dict = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for (name, ds, seed), res in pool.map(work, jobs):
+            results.setdefault(ds, {}).setdefault(name, []).append(res | {"seed": seed})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "agm.json").write_text(json.dumps({"steps": args.steps, "results": results}, indent=1) + "\n")
+    paths_figure(results, args.out / "agm_paths.png")
+    lines = ["# AGM beside VSULD-5 and CLD-10 on the toys (issue 13)", "",
+             f"Command: `python benchmarks/agm.py --seeds {' '.join(map(str, args.seeds))}`. {args.steps} steps, the "
+             "toy configs' network (MLP 3x128), batch 256, Adam 1e-3, EMA 0.999; mean ± std over seeds. AGM: its "
+             "integrator (order 3, quadratic grid) and the hop at t_stop; NFE = sample_steps (the last call is the "
+             "hop). VSULD-5 and CLD-10: `sampler ei` (order 3, quadratic grid), NFE = sample_steps - 1. W1 and the std "
+             "ratio on the stretched axis; straightness (1000 paths, 100 points of each model's path sampler) on "
+             "the other axis.", ""]
+    for ds, (_, other) in DATASETS.items():
+        stretched = 1 - other
+        lines += [f"## {ds}", "", "| model | sampler | NFE | seeds | RMSE PMF | W1 | std ratio | straightness |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, runs in results[ds].items():
+            for key in runs[0]["rows"]:
+                ms = [r["rows"][key]["metrics"] for r in runs]
+                nfe = runs[0]["rows"][key]["nfe"]
+                sampler = f"hop at t_stop {key.split(':')[1]}" if ":" in key else "ei"
+                rmse = _ms([m["rmse_pmf"] for m in ms], ".5f")
+                lines.append(f"| {name} | {sampler} | {nfe} | {len(runs)} | {rmse} | "
+                             f"{_ms([m[f'w1_{stretched}'] for m in ms], '.2f')} | "
+                             f"{_ms([m[f'std_ratio_{stretched}'] for m in ms], '.2f')} | "
+                             f"{_ms([m[f'straightness_{other}'] for m in ms], '.2f')} |")
+        lines.append("")
+    lines += ["Straightness is measured on each model's own time axis (AGM: 1 - t over [0.001, 1]; VSMD: the "
+              "diffusion time over [t_eps, 1]); both span about one unit.", "", "![paths](agm_paths.png)", ""]
+    (args.out / "agm.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
