@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from test_cli import ROOT, tiny
@@ -216,7 +217,7 @@ def test_rotating_the_data_and_the_frame_together_changes_nothing(rotation: str)
 
 def test_fit_sets_the_frame_from_the_data_and_resume_keeps_it(tmp_path: Path, capsys) -> None:
     cfg = ["--config", str(ROOT / "configs" / "spiral8y_rot45.yaml")]
-    args = [*cfg, *tiny(tmp_path)[2:]]  # the rot45 config, shrunk like tiny() shrinks spiral8y
+    args = [*cfg, *tiny(tmp_path)[2:], "--model.init_args.rotation", "pca"]  # rot45, shrunk like tiny() shrinks spiral8y
     main(["fit", *args, "--trainer.max_steps", "20"])
     assert "rotation pca: the process runs on the principal axes of the data" in capsys.readouterr().out
     runs = sorted((tmp_path / "spiral8y_rot45").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -259,3 +260,7 @@ def test_a_learned_rotation_resumes_exactly_and_is_reported(tmp_path: Path, caps
     runs = sorted((tmp_path / "spiral8y_rot45").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     report = json.loads((runs[-1] / "test_metrics.json").read_text())
     torch.testing.assert_close(torch.tensor(report["frame"]), resumed["state_dict"]["frame"])
+    main(["predict", *args, "--ckpt_path", str(runs[-1].parent / runs[-2].name / "checkpoints" / "last.ckpt")])
+    runs = sorted((tmp_path / "spiral8y_rot45").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    samples = np.load(runs[-1] / "samples.npz")["samples"]
+    assert samples.shape == (50, 2) and np.isfinite(samples).all() and (runs[-1] / "samples.png").is_file()
