@@ -210,3 +210,14 @@ def test_agm_through_fit_test_predict(tmp_path: Path, capsys) -> None:
     main(["predict", *args, "--ckpt_path", str(ckpt)])
     samples = np.load(versions(tmp_path)[-1] / "samples.npz")["samples"]
     assert samples.shape == (50, 2) and np.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("name", ["spiral8y_agm", "checkerboard6x_agm", "cifar10_agm"])
+def test_the_agm_configs_build_their_model(name: str) -> None:
+    import importlib
+
+    import yaml
+    cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]
+    module, cls = cfg["class_path"].rsplit(".", 1)
+    model = getattr(importlib.import_module(module), cls)(**cfg["init_args"])
+    assert isinstance(model.process, AGMProcess) and model.sa is None and model.hparams.sampler == "ei"

@@ -156,6 +156,17 @@ def test_per_pixel_variational_scores_and_a_training_step() -> None:
         model.batch_loss((torch.zeros(2, 3, 16, 16), torch.tensor([0, 1])), model.net)
 
 
+def test_agm_on_images_a_training_step_and_sampling() -> None:
+    torch.manual_seed(0)
+    model = ImageVSMD(channels=8, channel_mult=[1, 2], num_res_blocks=1, process="agm", sampler="ei",
+                      sample_steps=5, t_stop=0.9, num_classes=10)
+    assert model.sa is None
+    batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([3, 4]))
+    assert torch.isfinite(model.batch_loss(batch, model.net))
+    x, nfe = model.generate_images(2, seed=0, steps=4)
+    assert x.shape == (2, 3, 32, 32) and nfe == 4 and x.abs().max() <= 1
+
+
 # ------------------------------------------------------------------------------------------------
 def test_fid_plumbing(tmp_path: Path, inception: Path) -> None:
     """FID with random Inception weights: the number means nothing, but identical sets give ~0, different

@@ -179,6 +179,31 @@ def test_every_process_trains_adapts_and_forecasts(process: str, archive_dir) ->
     assert torch.equal(samples, again)  # seeded
 
 
+def test_agm_trains_and_forecasts_through_the_conditional_model(archive_dir) -> None:
+    """process agm in the forecaster: the same RNN condition, the force as the network's target, its sampler."""
+    torch.manual_seed(0)
+    model = TimeSeriesVSMD(process="agm", sampler="ei", sample_steps=5, t_stop=0.9, hidden=8, layers=1, cond_dim=8,
+                           channels=4, residual_layers=2, context_length=10, num_samples=4)
+    model.prediction_length = 30
+    assert model.sa is None
+    dm = GluonTSDataModule(data_dir=str(archive_dir[0]), download=False, batch_size=4,
+                           history=model.window_history(30))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    opt = torch.optim.SGD(model.net.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        loss = model.batch_loss(batch, model.net)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+    assert model.net.rnn.weight_ih_l0.grad.abs().sum() > 0
+    w = dm.test_windows()
+    samples, nfe = model.forecast(w["target"][:2], w["time_feat"][:2])
+    assert samples.shape == (2, 4, 30, 8) and torch.isfinite(samples).all()
+    assert nfe == 30 * 5  # AGM: NFE = sample_steps per forecast step (the last call is the hop)
+
+
 def test_scaling_modes() -> None:
     target = 1 + torch.rand(2, 12, 3)
     for scaling in ("mean", "std", "none"):
