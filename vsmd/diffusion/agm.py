@@ -171,6 +171,13 @@ class AGMProcess(nn.Module):
         k = self.coefficients(t[:1], a.dtype)
         return (force - self.force(a, t, torch.zeros_like(force), k)) / k["hop"]
 
+    def velocity_given(self, x: Tensor, t: Tensor, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A draw of v ~ p(v_t | x_t; x1): N(mv x1 + lvx eps_x, lvv^2) with eps_x = (x - mx x1) / lxx."""
+        k = self.coefficients(t[:1], x.dtype)
+        ex = (x - k["mx"] * x1) / k["lxx"]
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return k["mv"] * x1 + k["lvx"] * ex + k["lvv"] * noise
+
     def prior_sample(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """(x0, v0) ~ N(0, [[1, -k], [-k, 1]]) per dimension."""
         ex = torch.randn((n, *self.data_shape), generator=generator, device=device)
@@ -222,11 +229,16 @@ def multistep_weights(times: Tensor, order: int) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: int = 3,
-               return_trajectory: bool = False, progress: bool = False):
+               return_trajectory: bool = False, progress: bool = False, guide: Tensor | None = None,
+               guide_fraction: float = 0.25, generator: torch.Generator | None = None):
     """Integrate the probability-flow ODE dx = v dt, dv = F dt on the increasing grid ``times``: the free-particle
     part exactly, F by Lagrange extrapolation over the last ``order`` outputs (``multistep_weights``), then hop to
     the estimate of x1 at the last time. NFE = len(times): one force per step and one for the hop. The result's
-    ``times`` are 1 - t (time to the data, decreasing, like the diffusion time of the other samplers)."""
+    ``times`` are 1 - t (time to the data, decreasing, like the diffusion time of the other samplers).
+
+    Velocity guidance (``guide``, a target point of the data's shape): during the first ``guide_fraction`` of
+    the steps the velocity is redrawn from the bridge's p(v | x; x1 = guide) before each step; only v changes,
+    the network is untouched."""
     from tqdm.auto import tqdm
 
     from vsmd.diffusion.samplers import SampleResult
@@ -242,6 +254,8 @@ def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: i
     n = len(times) - 1
     for i in tqdm(range(n), desc="AGM sampling", leave=False, disable=not progress):
         t = torch.full((a.shape[0],), float(times[i]), device=a.device)
+        if guide is not None and i < guide_fraction * n:
+            v = process.velocity_given(x, t, guide.to(x), generator)
         forces.insert(0, force_fn(process.join(x, v), t))
         del forces[order:]
         dt = float(times[i + 1] - times[i])

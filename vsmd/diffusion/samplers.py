@@ -114,7 +114,8 @@ def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
 def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps: int,
            generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
            progress: bool = False, denoise_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-           ei_order: int = 3, ei_grid: str = "quadratic", t_stop: float | None = None) -> SampleResult:
+           ei_order: int = 3, ei_grid: str = "quadratic", t_stop: float | None = None,
+           guide: Tensor | None = None) -> SampleResult:
     """Draw n samples from the prior N(0, Sigma_T) and run the sampler ``name`` on ``steps`` grid points.
 
     ``ei`` (the exponential integrator, vsmd.diffusion.ei) needs ``denoise_fn(a, t)``, the data estimate
@@ -130,7 +131,10 @@ def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps:
                              f"ei, not {name!r}")
         a = process.prior_sample(n, generator=generator, device=device)
         times = agm_grid(steps, t_stop, ei_grid, device=device)
-        return agm_sample(process, score_fn, a, times, ei_order, return_trajectory, progress)
+        return agm_sample(process, score_fn, a, times, ei_order, return_trajectory, progress, guide=guide,
+                          generator=generator)
+    if guide is not None:
+        raise ValueError("velocity guidance needs process agm")
     if steps < 2:
         raise ValueError(f"a sampler needs at least 2 grid points, got steps={steps}")
     if (name == "ei" or t_stop is not None) and denoise_fn is None:

@@ -105,6 +105,9 @@ class VSMDModule(pl.LightningModule):
             bridge's force (beta, gamma, damping, init_velocity, the SA and rho options do not apply), samples with
             sampler "ei" (its multistep integrator, ``ei_order``, grid "quadratic" or "uniform") and returns the
             hop's estimate of the data at ``t_stop`` (AGM's time, noise 0 -> data 1; None: 0.999).
+        guide: process "agm", vector data: velocity guidance toward this point (one value per data dimension) in
+            sampling (test, predict): in the first quarter of the steps v is redrawn from the bridge's
+            p(v | x; x1 = guide); the network is not changed. None: unguided.
     """
 
     supports_rotation = False  # vector-data tasks whose samples leave the process's frame (toy, forecasting)
@@ -150,6 +153,7 @@ class VSMDModule(pl.LightningModule):
         rotation: str = "none",
         agm_p: float = 3.0,
         agm_k: float = 0.2,
+        guide: list[float] | None = None,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
@@ -172,6 +176,10 @@ class VSMDModule(pl.LightningModule):
                 raise ValueError(f"for process agm t_stop is the bridge time of the hop, in (0, 0.999], got {t_stop}")
         elif t_stop is not None and not t_eps <= t_stop < 1.0:
             raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
+        if guide is not None and (process != "agm" or len(self.data_shape()) != 1
+                                  or len(guide) != self.data_shape()[0]):
+            raise ValueError(f"guide (velocity guidance) needs process agm and one value per data dimension "
+                             f"{tuple(self.data_shape())}, got process {process!r} and {guide!r}")
         if rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {rotation!r}")
         if zb_mode not in ZB_MODES:
@@ -298,6 +306,8 @@ class VSMDModule(pl.LightningModule):
         opts: dict[str, Any] = {"ei_order": h.get("ei_order", 3), "ei_grid": h.get("ei_grid", "quadratic"),
                                 "t_stop": h.get("t_stop") if name == h.sampler else None}
         if self.bridge:  # the hop comes from the force itself
+            if h.get("guide") is not None:
+                opts["guide"] = torch.tensor(h.guide, dtype=torch.float32, device=self.device)
             return opts
         if name == "ei" or opts["t_stop"] is not None:
             if self.process.momentum and self.hparams.get("init_velocity", "hsm") != "hsm":
