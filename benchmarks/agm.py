@@ -14,10 +14,8 @@ by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper'
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy2d import DATASETS, MODELS, ROOT, _args, _latest, _ms, _vsmd, run_one  # noqa: E402
+from toy2d import DATASETS, MODELS, ROOT, _args, _latest, _ms, _vsmd, run_one, toy_parser  # noqa: E402
 
 AGM_CONFIGS = {"spiral-8Y": "configs/spiral8y_agm.yaml", "checkerboard-6X": "configs/checkerboard6x_agm.yaml"}
 NFES = (5, 10, 20)
@@ -115,14 +113,7 @@ def guidance(results: dict, radius: float = 5.0, n: int = 3000) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy2d",
-                    help="run folders (outside the repository), shared with benchmarks/toy2d.py")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
+    args = toy_parser(__doc__).parse_args()
     jobs = [(name, ds, seed) for seed in args.seeds for ds in AGM_CONFIGS for name in ("AGM", "VSULD-5", "CLD-10")]
 
     def work(job):

@@ -16,11 +16,9 @@ The unrotated row is the toy benchmark's VSULD-5 spiral-8Y run; with the same --
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy2d import ROOT, _ms, _slug, noise_floor, run_one  # noqa: E402
+from toy2d import ROOT, _ms, _slug, noise_floor, run_one, toy_parser  # noqa: E402
 
 ROWS = {  # name: (config, rotation of the process's frame or None for the config's, angle of the data)
     "diagonal A, spiral-8Y not rotated": ("configs/spiral8y.yaml", None, 0.0),
@@ -100,14 +98,7 @@ def figure(rows: dict[str, list[dict]], raw: dict[str, dict], path: Path) -> Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy2d",
-                    help="run folders (outside the repository); finished runs there are reused")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
+    args = toy_parser(__doc__).parse_args()
 
     def work(job):
         name, seed = job

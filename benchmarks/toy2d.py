@@ -99,6 +99,19 @@ def rho_history(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"] if t.startswith("rho/")}
 
 
+def toy_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options the toy benchmarks share (agm.py and rotation.py reuse this script's runs)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5000, help="training steps of every model")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy2d",
+                    help="run folders (outside the repository), shared by the toy benchmarks; finished runs there "
+                    "are reused")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    return ap
+
+
 def run_one(config, process, beta, damping, extra, steps, out: Path, seed: int) -> dict:
     """Fit, test and score one model; the result is cached in out/result.json, so a rerun skips finished runs."""
     cached = out / "result.json"
@@ -248,19 +261,13 @@ def figures(results: dict, ablation: dict, out: Path, steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5000, help="training steps of every model")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser = toy_parser(__doc__)
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--ablation", nargs="*", default=list(ABLATION), help="ablation rows (spiral-8Y)")
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--all-seeds-for", nargs="*", default=None,
                         help="models that run every seed; the others run the first seed only (default: all)")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vsmd-bench-toy2d",
-                        help="run folders (outside the repository); finished runs there are reused")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--timing-repeats", type=int, default=3,
                         help="interleaved CLD-5 / VSULD-5 fits for the SA-overhead ratio (0: skip)")
     args = parser.parse_args()
