@@ -72,17 +72,19 @@ def paths_figure(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from vsmd.models import ToyVSMD
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-    for ax, name in zip(axes, ("AGM", "VSULD-5")):
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    for col, name in enumerate(("AGM", "VSULD-5")):
         model = ToyVSMD.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu")
         res = model.generate(40, sampler="ei", steps=100, return_trajectory=True, seed=3)
         x = model.process.split(res.trajectory.flatten(0, 1))[0].reshape(*res.trajectory.shape[:2], -1).numpy()
-        for b in range(x.shape[1]):
-            ax.plot(x[:, b, 0], x[:, b, 1], lw=0.6, alpha=0.7)
-        ax.scatter(x[-1, :, 0], x[-1, :, 1], s=6, c="k", zorder=3)
-        ax.set(title=f"{name}: 40 probability-flow paths (ei, 100 points)", aspect="equal")
-        ax.title.set_fontsize(9)
-    fig.suptitle("spiral-8Y, seed 0: paths from the noise (start) to the data (black dots)")
+        s = res.times.numpy()[: len(x)]  # time to the data: 1 -> 0
+        for row, (dim, label) in enumerate(((0, "x (the other axis)"), (1, "y (stretched x8)"))):
+            ax = axes[row, col]
+            ax.plot(s, x[:, :, dim], lw=0.7, alpha=0.7)
+            ax.set(ylabel=label, xlabel="time to the data" if row else None)
+            if row == 0:
+                ax.set_title(f"{name}: 40 probability-flow paths (ei, 100 points)", fontsize=9)
+    fig.suptitle("spiral-8Y, seed 0: each coordinate along the paths, from the noise (time 1) to the data (time 0; AGM hops there from 0.1)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
