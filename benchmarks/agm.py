@@ -84,7 +84,8 @@ def paths_figure(results: dict, path: Path) -> None:
             ax.set(ylabel=label, xlabel="time to the data" if row else None)
             if row == 0:
                 ax.set_title(f"{name}: 40 probability-flow paths (ei, 100 points)", fontsize=9)
-    fig.suptitle("spiral-8Y, seed 0: each coordinate along the paths, from the noise (time 1) to the data (time 0; AGM hops there from 0.1)")
+    fig.suptitle("spiral-8Y, seed 0: each coordinate along the paths, from the noise (time 1) to the data "
+                 "(time 0; AGM hops there from 0.1)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
