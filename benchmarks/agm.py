@@ -1,7 +1,8 @@
 """AGM beside VSULD-5 and CLD-10 on the paper's toys at NFE 5, 10 and 20 (issue 13).
 
 AGM trains through ``vsmd fit`` from configs/spiral8y_agm.yaml and configs/checkerboard6x_agm.yaml (the same
-network, batch size and 5000 steps as the VSMD toys); VSULD-5 and CLD-10 are the toy benchmark's runs
+network, batch size and 5000 steps as the VSMD toys), as the paper (on the data as they are) and with
+``agm_scale data`` (on the data divided by their sd per dimension); VSULD-5 and CLD-10 are the toy benchmark's runs
 (benchmarks/toy2d.py, reused from its --work folder, trained there if missing). Every checkpoint is then scored
 by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper's hop times (t_stop 0.4 / 0.7 /
 0.9 for NFE 5 / 10 / 20) and at a late hop (t_stop 0.99); VSULD-5 and CLD-10 with the exponential integrator
@@ -28,6 +29,7 @@ from toy2d import DATASETS, MODELS, ROOT, _args, _latest, _ms, _vsmd, run_one, t
 AGM_CONFIGS = {"spiral-8Y": "configs/spiral8y_agm.yaml", "checkerboard-6X": "configs/checkerboard6x_agm.yaml"}
 NFES = (5, 10, 20)
 PAPER_STOP = {5: 0.4, 10: 0.7, 20: 0.9}  # the official AGM settings (images in [-1, 1])
+AGM_SCALED = "AGM, agm_scale data"  # the bridge on the data divided by their sd per dimension
 
 
 def evaluate(config: str, spec: tuple, ckpt: Path, out: Path, seed: int, overrides: list[str]) -> dict:
@@ -37,12 +39,13 @@ def evaluate(config: str, spec: tuple, ckpt: Path, out: Path, seed: int, overrid
 
 
 def run_model(name: str, ds: str, seed: int, args) -> dict:
-    cached = args.work / "agm" / f"{name}_{ds}_{seed}.json"
+    cached = args.work / "agm" / f"{name.replace(', ', '_').replace(' ', '_')}_{ds}_{seed}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    if name == "AGM":
-        config, spec = AGM_CONFIGS[ds], ("agm", 5.0, 1.0, ())
-        out = args.work / "agm" / f"AGM_{ds}_{seed}"
+    if name.startswith("AGM"):
+        scaled = ("--model.init_args.agm_scale", "data") if name == AGM_SCALED else ()
+        config, spec = AGM_CONFIGS[ds], ("agm", 5.0, 1.0, scaled)
+        out = args.work / "agm" / f"{'AGM_scaled' if scaled else 'AGM'}_{ds}_{seed}"
     else:
         config, spec = DATASETS[ds][0], MODELS[name]
         out = args.work / ds / f"{name.replace('-', '_')}_{seed}"
@@ -51,7 +54,7 @@ def run_model(name: str, ds: str, seed: int, args) -> dict:
                   key=lambda p: int(p.parent.parent.name.split("_")[1]))[0]
     rows = {}
     for nfe in NFES:
-        if name == "AGM":
+        if name.startswith("AGM"):
             for stop in (PAPER_STOP[nfe], 0.99):
                 rows[f"{nfe}:{stop}"] = evaluate(config, spec, ckpt, out, seed, [
                     "--model.init_args.sample_steps", str(nfe), "--model.init_args.t_stop", str(stop)])
@@ -101,10 +104,10 @@ def guidance(results: dict, radius: float = 5.0, n: int = 3000) -> list[dict]:
     from vsmd.models import ToyVSMD
     data = yaml.safe_load((ROOT / AGM_CONFIGS["spiral-8Y"]).read_text())["data"]["init_args"]
     rows = []
-    for run in results["spiral-8Y"]["AGM"]:
+    for model_name, run in [(m, r) for m in ("AGM", AGM_SCALED) for r in results["spiral-8Y"].get(m, [])]:
         real = Toy2DDataModule(data["dataset"], data["stretch"], seed=run["seed"]).fixed_set("test").double()
         target = real[real[:, 1].argmax()]
-        row = {"seed": run["seed"], "target": target.tolist()}
+        row = {"model": model_name, "seed": run["seed"], "target": target.tolist()}
         for name, guide in (("unguided", None), ("guided", target.tolist())):
             model = ToyVSMD.load_from_checkpoint(run["ckpt"], map_location="cpu", guide=guide)
             x = model.process.split(model.generate(n, seed=run["seed"] + 7).state)[0].double()
@@ -117,7 +120,8 @@ def guidance(results: dict, radius: float = 5.0, n: int = 3000) -> list[dict]:
 
 def main() -> None:
     args = toy_parser(__doc__).parse_args()
-    jobs = [(name, ds, seed) for seed in args.seeds for ds in AGM_CONFIGS for name in ("AGM", "VSULD-5", "CLD-10")]
+    names = ("AGM", AGM_SCALED, "VSULD-5", "CLD-10")
+    jobs = [(name, ds, seed) for seed in args.seeds for ds in AGM_CONFIGS for name in names]
 
     def work(job):
         print(f"=== {job}", flush=True)
@@ -158,12 +162,15 @@ def main() -> None:
               "Target: the top of the spiral (the test point with the largest y); `guide` redraws v from the bridge's "
               "p(v | x; x1 = target) in the first quarter of the steps. In target: within 5 of it; on data: within 1 "
               "of a real test point. 3000 samples per seed.", "",
-              "| seeds | in target, unguided | in target, guided | on data, unguided | on data, guided |",
-              "|---|---|---|---|---|",
-              f"| {len(guided)} | {_ms([g['unguided']['in_target'] for g in guided], '.3f')} | "
-              f"{_ms([g['guided']['in_target'] for g in guided], '.3f')} | "
-              f"{_ms([g['unguided']['on_data'] for g in guided], '.3f')} | "
-              f"{_ms([g['guided']['on_data'] for g in guided], '.3f')} |", ""]
+              "| model | seeds | in target, unguided | in target, guided | on data, unguided | on data, guided |",
+              "|---|---|---|---|---|---|"]
+    for model_name in dict.fromkeys(g["model"] for g in guided):
+        gs = [g for g in guided if g["model"] == model_name]
+        lines.append(f"| {model_name} | {len(gs)} | {_ms([g['unguided']['in_target'] for g in gs], '.3f')} | "
+                     f"{_ms([g['guided']['in_target'] for g in gs], '.3f')} | "
+                     f"{_ms([g['unguided']['on_data'] for g in gs], '.3f')} | "
+                     f"{_ms([g['guided']['on_data'] for g in gs], '.3f')} |")
+    lines.append("")
     lines += ["Straightness is measured on each model's own time axis (AGM: 1 - t over [0.001, 1]; VSMD: the "
               "diffusion time over [t_eps, 1]); both span about one unit.", "", "![paths](agm_paths.png)", ""]
     (args.out / "agm.md").write_text("\n".join(lines))

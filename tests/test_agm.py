@@ -258,3 +258,35 @@ def test_velocity_guidance_moves_the_mass_toward_the_target() -> None:
         ToyVSMD(process="vsuld", guide=[0.0, 1.0])
     with pytest.raises(ValueError, match="one value per data dimension"):
         ToyVSMD(process="agm", sampler="ei", guide=[0.0])
+
+
+def test_agm_scale_data_runs_the_bridge_on_unit_scale_data_and_resumes_it(tmp_path: Path, capsys) -> None:
+    """agm_scale data: the sd of the training data per dimension at fit start (spiral-8Y: about 1 and 8 times the
+    spiral's), printed, in the checkpoint, not recomputed on resume; the exact-force sampler keeps sd-8 data only
+    with it at NFE 10."""
+    from vsmd.models import ToyVSMD
+    with pytest.raises(ValueError, match="agm_scale must be"):
+        ToyVSMD(process="vsuld", agm_scale="data")
+    args = ["--config", str(ROOT / "configs" / "spiral8y_agm.yaml"), "--trainer.logger.init_args.save_dir",
+            str(tmp_path), "--trainer.logger.init_args.name", "spiral8y", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
+            "--model.init_args.hidden", "16", "--model.init_args.depth", "1", "--model.init_args.agm_scale", "data",
+            "--model.init_args.n_straight", "20", "--model.init_args.straight_steps", "10",
+            "--data.init_args.batch_size", "64", "--data.init_args.n_test", "300"]
+    main(["fit", *args, "--trainer.max_steps", "10"])
+    assert "agm_scale data: the bridge runs on the data divided by their sd" in capsys.readouterr().out
+    ckpt = versions(tmp_path)[-1] / "checkpoints" / "last.ckpt"
+    scale = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["x_scale"]
+    assert 5 < float(scale[1] / scale[0]) < 12
+    main(["fit", *args, "--trainer.max_steps", "20", "--ckpt_path", str(ckpt)])
+    assert "agm_scale data" not in capsys.readouterr().out
+    again = torch.load(versions(tmp_path)[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert torch.equal(again["state_dict"]["x_scale"], scale)
+    main(["test", *args, "--ckpt_path", str(versions(tmp_path)[-2] / "checkpoints" / "last.ckpt")])
+    p = AGMProcess((2,))
+    for sd, want in ((8.0, (0.55, 0.7)), (1.0, (0.98, 1.02))):
+        force, _ = _gaussian_force(p, torch.zeros(2, dtype=F64), torch.full((2,), sd, dtype=F64))
+        res = agm_sample(p, force, p.prior_sample(20000, torch.Generator().manual_seed(0)).double(),
+                         agm_grid(10, 0.7), 3)
+        ratio = float((p.split(res.state)[0].std(0) / sd).mean())
+        assert want[0] < ratio < want[1], (sd, ratio)
