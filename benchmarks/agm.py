@@ -1,10 +1,10 @@
 """AGM beside VSULD-5 and CLD-10 on the paper's toys at NFE 5, 10 and 20 (issue 13).
 
 AGM trains through ``vsmd fit`` from configs/spiral8y_agm.yaml and configs/checkerboard6x_agm.yaml (the same
-network, batch size and 5000 steps as the VSMD toys), as the paper (on the data as they are) and with
-``agm_scale data`` (on the data divided by their sd per dimension); VSULD-5 and CLD-10 are the toy benchmark's runs
-(benchmarks/toy2d.py, reused from its --work folder, trained there if missing). Every checkpoint is then scored
-by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper's hop times (t_stop 0.4 / 0.7 /
+network, batch size and 5000 steps as the VSMD toys), as the paper (row "AGM": ``agm_scale none``, the bridge
+on the data as they are) and with ``agm_scale data`` (on the data divided by their sd per dimension, the configs'
+default). VSULD-5 and CLD-10 are the toy benchmark's runs (benchmarks/toy2d.py, reused from its --work folder,
+trained there if missing). Every checkpoint is then scored by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper's hop times (t_stop 0.4 / 0.7 /
 0.9 for NFE 5 / 10 / 20) and at a late hop (t_stop 0.99); VSULD-5 and CLD-10 with the exponential integrator
 (``sampler ei``, order 3, NFE = sample_steps - 1). Writes benchmarks/results/agm.md, agm.json and agm_paths.png
 (probability-flow paths of AGM and VSULD-5, seed 0).
@@ -43,8 +43,8 @@ def run_model(name: str, ds: str, seed: int, args) -> dict:
     if cached.is_file():
         return json.loads(cached.read_text())
     if name.startswith("AGM"):
-        scaled = ("--model.init_args.agm_scale", "data") if name == AGM_SCALED else ()
-        config, spec = AGM_CONFIGS[ds], ("agm", 5.0, 1.0, scaled)
+        scaled = name == AGM_SCALED
+        config, spec = AGM_CONFIGS[ds], ("agm", 5.0, 1.0, ("--model.init_args.agm_scale", "data" if scaled else "none"))
         out = args.work / "agm" / f"{'AGM_scaled' if scaled else 'AGM'}_{ds}_{seed}"
     else:
         config, spec = DATASETS[ds][0], MODELS[name]
@@ -138,7 +138,9 @@ def main() -> None:
                                                   indent=1) + "\n")
     lines = ["# AGM beside VSULD-5 and CLD-10 on the toys (issue 13)", "",
              f"Command: `python benchmarks/agm.py --seeds {' '.join(map(str, args.seeds))}`. {args.steps} steps, the "
-             "toy configs' network (MLP 3x128), batch 256, Adam 1e-3, EMA 0.999; mean ± std over seeds. AGM: its "
+             "toy configs' network (MLP 3x128), batch 256, Adam 1e-3, EMA 0.999; mean ± std over seeds. AGM: "
+             "`agm_scale none` (the paper: the bridge on the data as they are); AGM, agm_scale data: on the data "
+             "divided by their sd per dimension. Both: its "
              "integrator (order 3, quadratic grid) and the hop at t_stop; NFE = sample_steps (the last call is the "
              "hop). VSULD-5 and CLD-10: `sampler ei` (order 3, quadratic grid), NFE = sample_steps - 1. W1 and the std "
              "ratio on the stretched axis; straightness (1000 paths, 100 points of each model's path sampler) on "
