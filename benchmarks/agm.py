@@ -4,10 +4,10 @@ AGM trains through ``vsmd fit`` from configs/spiral8y_agm.yaml and configs/check
 network, batch size and 5000 steps as the VSMD toys), as the paper (row "AGM": ``agm_scale none``, the bridge
 on the data as they are) and with ``agm_scale data`` (on the data divided by their sd per dimension, the configs'
 default). VSULD-5 and CLD-10 are the toy benchmark's runs (benchmarks/toy2d.py, reused from its --work folder,
-trained there if missing). Every checkpoint is then scored by ``vsmd test`` at each NFE: AGM with its integrator and the hop, at the paper's hop times (t_stop 0.4 / 0.7 /
-0.9 for NFE 5 / 10 / 20) and at a late hop (t_stop 0.99); VSULD-5 and CLD-10 with the exponential integrator
-(``sampler ei``, order 3, NFE = sample_steps - 1). Writes benchmarks/results/agm.md, agm.json and agm_paths.png
-(probability-flow paths of AGM and VSULD-5, seed 0).
+trained there if missing). Every checkpoint is then scored by ``vsmd test`` at each NFE: AGM with its integrator
+and the hop, at the paper's hop times (t_stop 0.4 / 0.7 / 0.9 for NFE 5 / 10 / 20) and at a late hop (t_stop 0.99);
+VSULD-5 and CLD-10 with the exponential integrator (``sampler ei``, order 3, NFE = sample_steps - 1). Writes
+benchmarks/results/agm.md, agm.json and agm_paths.png (probability-flow paths of AGM and VSULD-5, seed 0).
 
     python benchmarks/agm.py                         # 3 seeds, about 40 minutes on 2 cores
     python benchmarks/agm.py --seeds 0 --steps 200   # a smoke run (numbers meaningless)
