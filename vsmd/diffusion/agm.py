@@ -46,7 +46,6 @@ import torch
 from torch import Tensor, nn
 
 from vsmd.diffusion import kernel
-from vsmd.diffusion.process import pad_like
 
 AGM_T_MIN, AGM_T_MAX = 1e-5, 0.999  # the training times; sampling ends at t_stop <= AGM_T_MAX
 
@@ -161,10 +160,8 @@ class AGMProcess(nn.Module):
         ev = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         x = k["mx"] * x1 + k["lxx"] * ex
         v = k["mv"] * x1 + k["lvx"] * ex + k["lvv"] * ev
-        h = k["h"]
-        target = 4 * h**2 * x1 - 4 * (k["lxx"] + h * k["lvx"]) / h**2 * ex + (
-            k["g2"] / (2 * k["lvv"]) - 4 * k["lvv"] / h) * ev
-        return self.join(x, v), target / k["scale"], k["scale"]
+        a = self.join(x, v)
+        return a, self.force(a, t, x1, k) / k["scale"], k["scale"]
 
     def hop(self, a: Tensor, t: Tensor, force: Tensor) -> Tensor:
         """The sampling-hop: the estimate of x1 from the force at (a, t) (F is affine in x1)."""
