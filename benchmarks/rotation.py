@@ -47,6 +47,31 @@ def w1(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.sort(a) - np.sort(b)).mean())
 
 
+@torch.no_grad()
+def straightness_along(out: Path, angle: float, seed: int) -> dict[str, float]:
+    """Straightness of the test's probability-flow paths (same sampler, grid, count and seed as ``vsmd test``)
+    projected onto the stretch direction and across it; cached in out/straightness.json."""
+    cached = out / "straightness.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    from vsmd.metrics import straightness
+    from vsmd.models import ToyVSMD
+    model = ToyVSMD.load_from_checkpoint(_fit_run(out) / "checkpoints" / "last.ckpt", map_location="cpu")
+    h = model.hparams
+    paths = model.generate(h.n_straight, sampler=model.path_sampler, steps=h.straight_steps, return_trajectory=True,
+                           seed=h.seed + 1)
+    x, times = model._x_paths(paths.trajectory[:-1]).double(), paths.times[:-1]
+    res = {f"straightness_{key}": float(straightness(x @ torch.from_numpy(d)[:, None], times)[0])
+           for key, d in zip(("stretch", "across"), directions(angle))}
+    res["straightness_axes"] = straightness(x, times).tolist()  # the test's per-axis values, a cross-check
+    cached.write_text(json.dumps(res))
+    return res
+
+
+def _fit_run(out: Path) -> Path:
+    return sorted((out / "run").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[0]
+
+
 def score(result: dict, angle: float) -> dict:
     f = np.load(result["samples"])
     real, gen = f["real"].astype(np.float64), f["generated"].astype(np.float64)
@@ -108,14 +133,20 @@ def main() -> None:
             out = args.work / "spiral-8Y" / f"VSULD_5_{seed}"
         extra = ("--model.init_args.rotation", rotation) if rotation else ()
         print(f"=== {name} seed {seed}", flush=True)
-        return job, run_one(config, "vsuld", 5.0, 0.7, extra, args.steps, out, seed)
+        res = run_one(config, "vsuld", 5.0, 0.7, extra, args.steps, out, seed)
+        straight = straightness_along(out, ROWS[name][2], seed)
+        tested = [res["metrics"][f"straightness_{i}"] for i in range(2)]
+        if not np.allclose(straight["straightness_axes"], tested, rtol=1e-3):
+            raise RuntimeError(f"{out}: the paths are not the test's: straightness per axis "
+                               f"{straight['straightness_axes']} here against {tested} in vsmd test")
+        return job, res, straight
 
     jobs = [(name, seed) for seed in args.seeds for name in ROWS]
     rows: dict[str, list[dict]] = {}
     raw: dict[str, dict] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
-        for (name, seed), res in pool.map(work, jobs):
-            rows.setdefault(name, []).append(score(res, ROWS[name][2]) | {"seed": seed})
+        for (name, seed), res, straight in pool.map(work, jobs):
+            rows.setdefault(name, []).append(score(res, ROWS[name][2]) | straight | {"seed": seed})
             if seed == args.seeds[0]:
                 raw[name] = res
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,13 +159,15 @@ def main() -> None:
              "The stretch direction is spiral-8Y's y axis turned with the data; W1 and std ratio are measured on "
              "the projections of the 3000 test samples onto it and onto the direction across it.", "",
              "| model | seeds | RMSE PMF | std ratio stretch | W1 stretch | std ratio across | W1 across | "
-             "first axis (deg) | alignment | rho (axis 0, 1) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "straightness stretch | straightness across | first axis (deg) | alignment | rho (axis 0, 1) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, runs in rows.items():
         def col(key: str, fmt: str) -> str:
             return _ms([r[key] for r in runs], fmt) if key in runs[0] else "-"
         rho = ", ".join(_ms([r["rho"][i] for r in runs], ".2f") for i in range(len(runs[0]["rho"])))
         lines.append(f"| {name} | {len(runs)} | {col('rmse_pmf', '.5f')} | {col('std_ratio_stretch', '.2f')} | "
                      f"{col('w1_stretch', '.2f')} | {col('std_ratio_across', '.2f')} | {col('w1_across', '.2f')} | "
+                     f"{col('straightness_stretch', '.2f')} | {col('straightness_across', '.2f')} | "
                      f"{col('frame_angle', '.1f')} | {col('stretch_alignment', '.4f')} | {rho or '-'} |")
     floors = {c: noise_floor(c) for c in dict.fromkeys(c for c, _, _ in ROWS.values())}
     lines += ["", "RMSE PMF noise floor (two independent real sets of 3000): " + "; ".join(
@@ -142,7 +175,9 @@ def main() -> None:
         "and the unrotated rows are not on the same grid; compare the rotated rows with each other.",
         "", "first axis: the direction of the frame's first column (the stretch is at 135 degrees, the same "
               "line as -45); alignment: |cos| of the angle between it and the stretch direction. rho is per axis "
-              "of the process's frame (the data's axes for diagonal A).", "",
+              "of the process's frame (the data's axes for diagonal A). Straightness: the test's 1000 "
+              "probability-flow paths (Heun, 100 points), projected onto each direction; the rectified-flow "
+              "measure int E[(dx/T - xdot)^2] ds, lower is straighter.", "",
               "![samples and axes](rotation.png)", ""]
     (args.out / "rotation.md").write_text("\n".join(lines))
     print("\n".join(lines))
