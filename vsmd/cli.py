@@ -26,7 +26,7 @@ from vsmd.checkpointing import (  # noqa: E402
     newest_checkpoint,
     remove_stale_temporaries,
 )
-from vsmd.models import VSMDModule  # noqa: E402
+from vsmd.models import PhaseSpaceModule  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
@@ -112,13 +112,13 @@ def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
 # printed note for validate/test/predict. Lightning alone would let the checkpoint's values silently win.
 EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
                  "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile", "ei_order", "ei_grid",
-                 "t_stop", "guide"}
+                 "t_stop", "guide", "n_paths"}
 TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "sa_every", "sa_steps", "sa_paths",
                   "sa_points", "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown",
                   "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",
                   "lr_decay", "lr_decay_every"}
 # DataModule options that define the data (the rest, such as batch sizes and folders, may change).
-DATA_DEFINING = {"dataset", "stretch", "rotate", "history", "source", "image_size"}
+DATA_DEFINING = {"dataset", "stretch", "rotate", "history", "source", "image_size", "pca", "whiten", "holdout"}
 
 
 def _same(a, b) -> bool:
@@ -369,7 +369,7 @@ def main(args: list[str] | None = None) -> None:
     _quiet_full_disk_in_threads()
     _RESERVED.clear()
     try:
-        VSMDCLI(VSMDModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+        VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                 parser_class=VSMDArgumentParser)
     except BaseException as err:
         for run in _RESERVED:  # a command that failed before writing anything leaves no empty version_N behind

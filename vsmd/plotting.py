@@ -74,3 +74,33 @@ def forecast_figure(history, future, samples, max_dims: int = 4, title: str = ""
     axes[-1, 0].set_xlabel("steps from the forecast start")
     fig.tight_layout()
     return fig
+
+
+def snapshot_trajectories_figure(snapshots: list[Tensor], times: list[float], paths: Tensor, holdout: list[int],
+                                 predicted: dict[int, Tensor], title: str = "", max_paths: int = 48,
+                                 max_points: int = 1000):
+    """Trajectory inference on the first two coordinates: the snapshots coloured by time with a few dozen generated
+    paths over them; then, per held-out snapshot, the real points against the model's prediction at that time."""
+    cmap = plt.get_cmap("viridis")
+    ncols = 1 + len(holdout)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 4.4), squeeze=False)
+    ax = axes[0, 0]
+    span = max(times[-1] - times[0], 1e-12)
+    for k, (pts, t) in enumerate(zip(snapshots, times)):
+        pts = pts[:max_points].detach().cpu()
+        label = f"t = {t:g}" + (" (held out)" if k in holdout else "")
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, color=cmap((t - times[0]) / span), alpha=0.35, label=label,
+                   marker="x" if k in holdout else "o")
+    p = paths[:, :max_paths].detach().cpu()
+    for j in range(p.shape[1]):
+        ax.plot(p[:, j, 0], p[:, j, 1], color="0.15", lw=0.6, alpha=0.7)
+    ax.set_title(f"snapshots and {p.shape[1]} generated paths {title}".strip(), fontsize=9)
+    ax.legend(fontsize=7, markerscale=3, loc="best")
+    for ax, k in zip(axes[0, 1:], holdout):
+        real, gen = snapshots[k][:max_points].cpu(), predicted[k][:max_points].cpu()
+        ax.scatter(real[:, 0], real[:, 1], s=3, c="0.6", label="held-out snapshot")
+        ax.scatter(gen[:, 0], gen[:, 1], s=3, c="tab:red", alpha=0.5, label="prediction")
+        ax.set_title(f"held-out t = {times[k]:g}", fontsize=9)
+        ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    return fig

@@ -38,7 +38,35 @@ def _warmup_ema(decay: float):
     return avg_fn
 
 
-class VSMDModule(pl.LightningModule):
+class PhaseSpaceModule(pl.LightningModule):
+    """What every vsmd task module shares, and the base class ``vsmd fit/test/predict`` accept: the EMA of the
+    network's weights, the run folder and the TensorBoard writer. VSMDModule (score models and the AGM bridge) and
+    TrajectoryBridge (trajectory inference) build on it."""
+
+    @staticmethod
+    def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
+        """An EMA copy of ``net`` (None for decay 0); ``warmup``: decay min(decay, (1 + n) / (10 + n))."""
+        if decay <= 0:
+            return None
+        ema = (AveragedModel(net, avg_fn=_warmup_ema(decay)) if warmup
+               else AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)))
+        ema.requires_grad_(False)
+        return ema
+
+    def run_dir(self) -> Path:
+        """The run's log directory (where test/predict write their files), created if needed."""
+        out = Path(self.trainer.log_dir or ".")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def tensorboard(self):
+        """The TensorBoard SummaryWriter on rank 0, or None."""
+        if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):
+            return self.logger.experiment
+        return None
+
+
+class VSMDModule(PhaseSpaceModule):
     """Score-based generative model on a (momentum) forward process with adaptive variational scores.
 
     Subclasses provide ``build_net()`` and the task's evaluation. Evaluation and sampling use the EMA weights.
@@ -239,13 +267,7 @@ class VSMDModule(pl.LightningModule):
             self.x_scale = None
         self._scale_initialised = False
         self.net = self.build_net()
-        self.net_ema = None
-        if ema_decay > 0:
-            if ema_warmup:
-                self.net_ema = AveragedModel(self.net, avg_fn=_warmup_ema(ema_decay))
-            else:
-                self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-            self.net_ema.requires_grad_(False)
+        self.net_ema = self.make_ema(self.net, ema_decay, ema_warmup)
         if sa_points is None:
             sa_points = 100 if sa_sampler == "em" else 50
         self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,
@@ -607,12 +629,6 @@ class VSMDModule(pl.LightningModule):
                                                                     changes.items()))
 
     # ----------------------------------------------------------------------------------------------
-    def run_dir(self) -> Path:
-        """The run's log directory (where test/predict write their files), created if needed."""
-        out = Path(self.trainer.log_dir or ".")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
-
     def variational_summary(self) -> dict[str, Any]:
         """The learned A and the SA counters, for the JSON reports (empty for non-adaptive processes)."""
         if self.sa is None:
@@ -623,9 +639,3 @@ class VSMDModule(pl.LightningModule):
         if self.frame is not None:
             out["frame"] = self.frame.tolist()  # A is diagonal in these columns: A_full = Q diag(A) Q^T
         return out
-
-    def tensorboard(self):
-        """The TensorBoard SummaryWriter on rank 0, or None."""
-        if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):
-            return self.logger.experiment
-        return None

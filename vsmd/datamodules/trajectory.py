@@ -1,0 +1,322 @@
+"""Snapshot data for trajectory inference: a population seen at a few times t_0 < ... < t_K as unpaired point sets.
+
+File layouts (``dataset: file``, ``path``):
+
+- ``.npz`` with snapshot arrays: ``times`` (K + 1,) and ``x_0``, ..., ``x_K`` (n_k, d) (any sizes n_k).
+- ``.npz`` with one flat array: ``X`` (n, d), ``ts`` (n,) (the time of each row; its distinct values are the
+  snapshot times) and optionally ``v`` (n, d) (velocities, e.g. RNA velocity; kept, not used for training). The
+  embryoid-body files of NLSB use it. TrajectoryNet's ``eb_velocity_v5.npz`` (keys ``pcs`` and ``sample_labels``)
+  is read the same way.
+- ``.csv`` with a header: a time column (``time_column``, default "time") and one column per coordinate.
+
+Toys (``dataset``: petal, gmm, semicircle) are generated from the seed, with DMSB's parameters: petal (MIOFlow's
+diamonds times 5, 5 snapshots over T = 2), gmm (N(0, 0.15 I), mixtures of 4 and then 8 Gaussians of variance 0.15 on
+the radius-4 circle, N(0, 0.15 I); 4 snapshots over T = 4), semicircle (4 Gaussians of variance 0.1 at (-2, 0),
+(-2, 4), (2, 4), (2, 0); T = 3).
+
+Preprocessing: ``pca`` keeps the first k principal components, fitted on the training snapshots (``holdout`` ones
+left out), and ``whiten`` scales them (or, without ``pca``, each coordinate) to unit variance. Every model and metric
+works in that space; ``test_metrics.json`` says which space it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+TOYS = ("petal", "gmm", "semicircle")
+
+
+@dataclass
+class Snapshots:
+    """Point sets ``points[k]`` (n_k, d) observed at ``times[k]`` (increasing), optional velocities per set."""
+
+    times: list[float]
+    points: list[Tensor]
+    velocities: list[Tensor] | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.points[0].shape[1]
+
+
+def check_snapshots(snaps: Snapshots, source: str) -> Snapshots:
+    """Clear errors for unsorted or repeated times, fewer than 2 snapshots, mixed dimensions, empty sets, NaN."""
+    if len(snaps.times) != len(snaps.points):
+        raise ValueError(f"{source}: {len(snaps.times)} times but {len(snaps.points)} point sets")
+    if len(snaps.points) < 2:
+        raise ValueError(f"{source}: trajectory inference needs at least 2 snapshots, got {len(snaps.points)}")
+    t = np.asarray(snaps.times, dtype=np.float64)
+    if not np.isfinite(t).all():
+        raise ValueError(f"{source}: the snapshot times must be finite, got {t.tolist()}")
+    if not (np.diff(t) > 0).all():
+        raise ValueError(f"{source}: the snapshot times must be strictly increasing, got {t.tolist()}; sort the "
+                         "snapshots by time (and merge repeated times)")
+    dims = {p.shape[1] if p.dim() == 2 else None for p in snaps.points}
+    if len(dims) != 1 or None in dims:
+        raise ValueError(f"{source}: every snapshot must be an (n, d) array of one dimension d, got shapes "
+                         f"{[tuple(p.shape) for p in snaps.points]}")
+    for k, p in enumerate(snaps.points):
+        if len(p) == 0:
+            raise ValueError(f"{source}: snapshot {k} (t = {t[k]:g}) is empty")
+        if not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).any(1).sum())
+            raise ValueError(f"{source}: snapshot {k} (t = {t[k]:g}) has {bad} rows with NaN or inf; remove or impute "
+                             "them first")
+    return snaps
+
+
+def _group(x: np.ndarray, ts: np.ndarray, v: np.ndarray | None, source: str) -> Snapshots:
+    if x.ndim != 2 or ts.ndim != 1 or len(ts) != len(x):
+        raise ValueError(f"{source}: need X (n, d) and ts (n,), got shapes {x.shape} and {ts.shape}")
+    if v is not None and v.shape != x.shape:
+        raise ValueError(f"{source}: v must have the shape of X {x.shape}, got {v.shape}")
+    if not np.isfinite(ts.astype(np.float64)).all():
+        raise ValueError(f"{source}: the time column has NaN or inf values")
+    times = sorted(set(ts.astype(np.float64).tolist()))
+    rows = [ts.astype(np.float64) == t for t in times]
+    pts = [torch.from_numpy(x[r].astype(np.float32)) for r in rows]
+    vel = [torch.from_numpy(v[r].astype(np.float32)) for r in rows] if v is not None else None
+    return Snapshots(times, pts, vel)
+
+
+def load_snapshots(path: str | Path, time_column: str = "time") -> Snapshots:
+    """Read snapshots from one of the documented layouts (.npz or .csv)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"snapshot file not found: {p}; pass --data.init_args.path with an .npz or .csv file "
+                                "(layouts: vsmd/datamodules/trajectory.py)")
+    if p.suffix == ".csv":
+        with open(p, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or time_column not in header:
+                raise ValueError(f"{p}: the CSV needs a header with a {time_column!r} column (set time_column), "
+                                 f"got {header}")
+            rows = [r for r in reader if r]
+        try:
+            arr = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
+        except ValueError as err:
+            raise ValueError(f"{p}: every CSV cell must be a number ({err})") from None
+        j = header.index(time_column)
+        return check_snapshots(_group(np.delete(arr, j, axis=1), arr[:, j], None, str(p)), str(p))
+    if p.suffix != ".npz":
+        raise ValueError(f"{p}: unknown snapshot format {p.suffix!r}; use .npz or .csv")
+    with np.load(p) as f:
+        keys = set(f.files)
+        if "times" in keys:
+            times = np.asarray(f["times"], dtype=np.float64).ravel()
+            missing = [f"x_{k}" for k in range(len(times)) if f"x_{k}" not in keys]
+            if missing:
+                raise ValueError(f"{p}: the snapshot layout needs x_0 ... x_{len(times) - 1} beside times; missing "
+                                 f"{', '.join(missing)}")
+            pts = [torch.from_numpy(np.asarray(f[f"x_{k}"], dtype=np.float32)) for k in range(len(times))]
+            snaps = Snapshots(times.tolist(), pts)
+        elif {"X", "ts"} <= keys:
+            snaps = _group(np.asarray(f["X"]), np.asarray(f["ts"]), np.asarray(f["v"]) if "v" in keys else None,
+                           str(p))
+        elif {"pcs", "sample_labels"} <= keys:  # TrajectoryNet's eb_velocity_v5.npz
+            snaps = _group(np.asarray(f["pcs"]), np.asarray(f["sample_labels"]), None, str(p))
+        else:
+            raise ValueError(f"{p}: unknown npz layout (keys {sorted(keys)}); use times + x_0..x_K, or X + ts "
+                             "(+ v), or pcs + sample_labels")
+    return check_snapshots(snaps, str(p))
+
+
+def save_snapshots(path: str | Path, snaps: Snapshots) -> None:
+    """Write snapshots in the .npz snapshot layout (times, x_0..x_K)."""
+    np.savez(path, times=np.asarray(snaps.times), **{f"x_{k}": p.numpy() for k, p in enumerate(snaps.points)})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DMSB's toys.
+def _diamond(per_petal: int, width: float, vertical: bool) -> np.ndarray:
+    """Two opposite diamond petals along one axis (MIOFlow's construction): outline points, mirrored."""
+    side = per_petal // 2
+    across = np.concatenate([np.linspace(0, width, side // 2), np.linspace(width, 0, side - side // 2)])
+    along = np.linspace(0, 1, side)
+    pts = np.stack([across, along] if vertical else [along, across], axis=1)
+    pts = np.concatenate([pts, -pts])
+    return np.concatenate([pts, pts * np.array([1.0, -1.0])])
+
+
+def petal(n: int, rng: np.random.Generator) -> Snapshots:
+    """MIOFlow's petals, times 5, in 5 rings from the centre outward over t = 0, 0.5, ..., 2 (DMSB's petal)."""
+    base = np.concatenate([_diamond(4000, 0.25, True), _diamond(4000, 0.25, False)])
+    pts = base + rng.standard_normal(base.shape) / 30
+    ring = np.full(len(pts), 4)  # outside the largest square: the last snapshot
+    for k, edge in enumerate(np.linspace(1, 1 / 6, 5)):  # nested squares; the smallest one a point is in wins
+        ring[(np.abs(pts) <= edge).all(1)] = 4 - k
+    out = []
+    for k in range(5):
+        cand = pts[ring == k] * 5
+        out.append(torch.from_numpy(cand[rng.choice(len(cand), n, replace=len(cand) < n)].astype(np.float32)))
+    return Snapshots([0.0, 0.5, 1.0, 1.5, 2.0], out)
+
+
+def _mixture(n: int, means: np.ndarray, var: float, rng: np.random.Generator) -> Tensor:
+    comp = rng.integers(len(means), size=n)
+    return torch.from_numpy((means[comp] + math.sqrt(var) * rng.standard_normal((n, 2))).astype(np.float32))
+
+
+def _circle(num: int, radius: float) -> np.ndarray:
+    a = 2 * np.pi * np.arange(num) / num
+    return radius * np.stack([np.cos(a), np.sin(a)], axis=1)
+
+
+def gmm(n: int, rng: np.random.Generator) -> Snapshots:
+    centre = np.zeros((1, 2))
+    sets = [_mixture(n, m, 0.15, rng) for m in (centre, _circle(4, 4.0), _circle(8, 4.0), centre)]
+    return Snapshots([0.0, 4 / 3, 8 / 3, 4.0], sets)
+
+
+def semicircle(n: int, rng: np.random.Generator) -> Snapshots:
+    means = [[-2.0, 0.0], [-2.0, 4.0], [2.0, 4.0], [2.0, 0.0]]
+    return Snapshots([0.0, 1.0, 2.0, 3.0], [_mixture(n, np.array([m]), 0.1, rng) for m in means])
+
+
+def make_toy_snapshots(name: str, n: int, seed: int) -> Snapshots:
+    if name not in TOYS:
+        raise ValueError(f"unknown trajectory toy {name!r}; choose one of {', '.join(TOYS)} (or dataset: file)")
+    return {"petal": petal, "gmm": gmm, "semicircle": semicircle}[name](n, np.random.default_rng(seed))
+
+
+# ------------------------------------------------------------------------------------------------------------
+class _SnapshotStream(IterableDataset):
+    """Endless training batches: ``batch_size`` points drawn with replacement from each training snapshot; batch k
+    is a function of (seed, k) only, and the position is saved in checkpoints (see StreamLoader)."""
+
+    def __init__(self, sets: list[Tensor], batch_size: int, seed: int) -> None:
+        self.sets, self.batch_size, self.seed, self.position = sets, batch_size, seed, 0
+
+    def __iter__(self):
+        while True:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
+            self.position += 1
+            yield [s[torch.randint(len(s), (self.batch_size,), generator=gen)] for s in self.sets]
+
+
+class TrajectoryDataModule(pl.LightningDataModule):
+    """Snapshots of a population for trajectory inference (layouts and toys: the module docstring).
+
+    Args:
+        dataset: "petal", "gmm", "semicircle" (generated from ``seed``) or "file" (``path``).
+        path: an .npz or .csv file of snapshots (dataset "file").
+        time_column: the CSV's time column.
+        pca: keep this many principal components (fitted on the training snapshots); None keeps the coordinates.
+        whiten: scale to unit variance (the components with ``pca``, else each coordinate) over the training
+            snapshots.
+        holdout: indices of intermediate snapshots left out of training (evaluated at their times).
+        n_per_snapshot: points per snapshot of the toys (their test sets are fresh draws of the same size).
+        batch_size: training points per snapshot per step.
+        times: the times ``vsmd predict`` writes samples at (None: the snapshot times).
+        n_predict: trajectories ``vsmd predict`` simulates.
+        seed: the seed of the toys and of the training stream.
+    """
+
+    def __init__(self, dataset: str = "petal", path: str | None = None, time_column: str = "time",
+                 pca: int | None = None, whiten: bool = False, holdout: list[int] = [], n_per_snapshot: int = 1000,
+                 batch_size: int = 256, times: list[float] | None = None, n_predict: int = 1000,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if dataset != "file" and dataset not in TOYS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(TOYS)} or file (with path)")
+        if dataset == "file" and not path:
+            raise ValueError("dataset 'file' needs path: an .npz or .csv of snapshots")
+        if pca is not None and pca < 1:
+            raise ValueError(f"pca must be a number of components >= 1 (or null), got {pca}")
+        if min(batch_size, n_per_snapshot, n_predict) < 1:
+            raise ValueError("batch_size, n_per_snapshot and n_predict must be >= 1")
+        self.save_hyperparameters()
+        self.dataset, self.path, self.time_column = dataset, path, time_column
+        self.pca, self.whiten, self.holdout = pca, whiten, sorted(int(h) for h in holdout)
+        self.n_per_snapshot, self.batch_size, self.n_predict, self.seed = n_per_snapshot, batch_size, n_predict, seed
+        self.predict_times = times
+        self._raw: dict[str, Snapshots] = {}
+        self._transform: tuple[Tensor, Tensor] | None = None  # (mean (d,), projection (d, k)): x -> (x - m) @ P
+        self._prepare()
+
+    # ------------------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        if self.dataset == "file":
+            train = load_snapshots(self.path, self.time_column)
+            test = train  # a file is one sample: the metrics compare against the same points
+        else:
+            train = make_toy_snapshots(self.dataset, self.n_per_snapshot, self.seed)
+            test = make_toy_snapshots(self.dataset, self.n_per_snapshot, self.seed + 10_007)
+        k = len(train.times)
+        for h in self.holdout:
+            if not 0 < h < k - 1:
+                raise ValueError(f"holdout {h} is not an intermediate snapshot: with {k} snapshots (times "
+                                 f"{train.times}) choose among 1..{k - 2}; the first and last ones pin the ends")
+        if len(self.holdout) != len(set(self.holdout)):
+            raise ValueError(f"holdout has repeated indices: {self.holdout}")
+        d = train.dim
+        if self.pca is not None and self.pca > d:
+            raise ValueError(f"pca {self.pca} is more components than the data's dimension {d}")
+        self._raw = {"train": train, "test": test}
+        fit = torch.cat([p.double() for i, p in enumerate(train.points) if i not in self.holdout])
+        mean = fit.mean(0)
+        proj = torch.eye(d, dtype=torch.float64)
+        if self.pca is not None:
+            cov = torch.cov((fit - mean).T).reshape(d, d)
+            evals, evecs = torch.linalg.eigh(cov)  # ascending
+            order = evals.flip(0)[: self.pca].clamp_min(1e-12), evecs.flip(1)[:, : self.pca]
+            proj = order[1] * (1 / order[0].sqrt() if self.whiten else 1.0)
+        elif self.whiten:
+            sd = fit.std(0).clamp_min(1e-12)
+            proj = torch.diag(1 / sd)
+        else:
+            mean = torch.zeros(d, dtype=torch.float64)
+        self._transform = (mean, proj)
+
+    def transform(self, x: Tensor) -> Tensor:
+        mean, proj = self._transform
+        return ((x.double() - mean) @ proj).float()
+
+    @property
+    def data_dim(self) -> int:
+        return self._transform[1].shape[1]
+
+    @property
+    def space(self) -> str:
+        """Which space the models and metrics work in (for the reports)."""
+        if self.pca is not None:
+            return f"first {self.pca} principal components{', whitened' if self.whiten else ''}, fitted on the " \
+                   "training snapshots"
+        return "coordinates z-scored on the training snapshots" if self.whiten else "the data's coordinates"
+
+    def snapshots(self, split: str = "train") -> Snapshots:
+        """All snapshots (held-out ones included) of 'train' or 'test', in the model's space."""
+        raw = self._raw[split]
+        return Snapshots(list(raw.times), [self.transform(p) for p in raw.points])
+
+    @property
+    def times(self) -> list[float]:
+        return list(self._raw["train"].times)
+
+    @property
+    def train_indices(self) -> list[int]:
+        return [i for i in range(len(self.times)) if i not in self.holdout]
+
+    # ------------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        from vsmd.datamodules.toy import StreamLoader
+        snaps = self.snapshots("train")
+        sets = [snaps.points[i] for i in self.train_indices]
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return StreamLoader(_SnapshotStream(sets, self.batch_size, self.seed + 7919 * rank), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(1)), batch_size=1)  # the model reads the snapshots itself
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(1)), batch_size=1)
