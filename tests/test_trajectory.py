@@ -267,8 +267,10 @@ def test_toys_have_dmsb_shapes():
 # ------------------------------------------------------------------------------------------------------------
 # A trained model.
 def test_trained_momentum_bridge_reproduces_gaussian_snapshots():
-    """1-D Gaussian snapshots N(m_k, s_k^2): the trained bridge (sigma 0, splines), simulated from the first
-    snapshot, matches every snapshot's mean and spread, the held-out one included."""
+    """1-D Gaussian snapshots N(m_k, s_k^2): OT chains them monotonically, x_k = m_k + s_k z, so the exact sigma-0
+    bridge is x(t) = m(t) + s(t) z with m, s the natural splines through the training means and sds. The trained
+    bridge, simulated from the first snapshot, matches the training snapshots and that prediction at the held-out
+    time."""
     from vsmd.models import TrajectoryBridge
     torch.manual_seed(0)
     times, means, sds = [0.0, 1.0, 2.0, 3.0], [0.0, 2.0, 3.0, 2.0], [1.0, 0.6, 0.8, 1.2]
@@ -277,14 +279,20 @@ def test_trained_momentum_bridge_reproduces_gaussian_snapshots():
     model = TrajectoryBridge(data_dim=1, dynamics="momentum", sigma=0.0, hidden=64, depth=2, lr=3e-3, ema_decay=0)
     model._set_times([0.0, 1.0, 3.0], times)  # snapshot 2 held out
     opt = model.configure_optimizers()
+    steps = 800  # a cosine-decayed lr: the end weights average out minibatch noise (600 steps at a fixed lr: 0.17 off)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     train = [sets[0], sets[1], sets[3]]
-    for step in range(600):
+    for step in range(steps):
         batch = [s[torch.randint(len(s), (256,), generator=g)] for s in train]
         loss, _ = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     xs, grid, _ = model.trajectories(sets[0][:2000], times, steps=120)
+    pins = [0.0, 1.0, 3.0]
+    means[2] = float(CubicSpline(pins, [means[i] for i in (0, 1, 3)], bc_type="natural")(2.0))
+    sds[2] = float(CubicSpline(pins, [sds[i] for i in (0, 1, 3)], bc_type="natural")(2.0))
     for t, m, s in zip(times[1:], means[1:], sds[1:]):
         x = xs[int((grid - t).abs().argmin())]
         assert abs(float(x.mean()) - m) < 0.15, (t, float(x.mean()), m)
