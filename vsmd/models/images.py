@@ -67,6 +67,9 @@ class ImageVSMD(VSMDModule):
         fid_weights: path of torch-fidelity's Inception-v3 weights (None: torch hub's cache, downloaded if online).
         fid_reference_images: training images for the FID reference statistics (50 000: all of CIFAR-10 train).
         fid_cache: folder of cached reference statistics ("" disables the cache).
+        guide_image: process "agm": velocity guidance toward this image (a PNG or JPEG path, resized to
+            image_size) in sampling (test, predict): in the first quarter of the steps v is redrawn from the
+            bridge's p(v | x; x1 = image); the network is not changed. None: unguided.
         **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
     """
 
@@ -75,7 +78,7 @@ class ImageVSMD(VSMDModule):
                  num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
                  compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
                  fid_weights: str | None = None, fid_reference_images: int = 50000,
-                 fid_cache: str = "~/.cache/vsmd/fid", **kwargs: Any) -> None:
+                 fid_cache: str = "~/.cache/vsmd/fid", guide_image: str | None = None, **kwargs: Any) -> None:
         if image_size < 4 or channels < 1 or num_res_blocks < 1 or num_classes < 0 or grid_size < 1:
             raise ValueError("need image_size >= 4, channels >= 1, num_res_blocks >= 1, num_classes >= 0 and "
                              f"grid_size >= 1; got {image_size}, {channels}, {num_res_blocks}, {num_classes}, "
@@ -87,6 +90,9 @@ class ImageVSMD(VSMDModule):
         self._unet = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
                           attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_classes=num_classes)
         super().__init__(**kwargs)
+        if guide_image is not None and not self.bridge:
+            raise ValueError(f"guide_image (velocity guidance) needs process agm, got process "
+                             f"{self.hparams.process!r}")
         self._compiled: list[nn.Module] = []   # a list, so the compiled wrapper is not a registered sub-module
         self._fid: list = []                   # likewise: the Inception network never enters state_dict or EMA
         self._test: dict[str, Any] = {}
@@ -107,6 +113,27 @@ class ImageVSMD(VSMDModule):
                              f"{self.data_shape()}; set model.init_args.image_size to match data.init_args.image_size")
         if self.hparams.compile and not self._compiled:
             self._compiled.append(torch.compile(self.net))
+
+    def guide_target(self) -> Tensor:
+        """The guide image (3, H, W) in [-1, 1], resized to the model's image size."""
+        from PIL import Image
+        path = Path(self.hparams.guide_image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"guide_image: no file at {path}; give the path of a PNG or JPEG image")
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((self._image_size, self._image_size), Image.BICUBIC)
+                pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
+        except OSError as err:
+            raise ValueError(f"guide_image: {path} is not a readable image ({err})") from None
+        return (pixels.permute(2, 0, 1) / 127.5 - 1).to(self.device)
+
+    def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None
+                        ) -> dict[str, Any]:
+        opts = super().sampler_options(net, cond, sampler)
+        if self.hparams.get("guide_image"):
+            opts["guide"] = self.to_frame(self.guide_target())
+        return opts
 
     # ----------------------------------------------------------------------------------------------
     def _labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
