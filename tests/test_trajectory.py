@@ -16,7 +16,7 @@ from vsmd.datamodules.trajectory import (Snapshots, TrajectoryDataModule, load_s
                                          save_snapshots)
 from vsmd.diffusion.trajectory import (MultiMarginalBridge, _iwp_vv, _iwp_vx, _iwp_xx, momentum_drift_weights,
                                        ot_chain, ot_permutation, simulate, spline_kriging, time_grid)
-from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, sliced_w1, w1
+from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, ot_interpolation, sliced_w1, w1
 
 PINS = torch.tensor([0.0, 0.5, 1.2, 1.5, 2.0], dtype=torch.float64)
 TIMES = torch.tensor([0.0, 0.1, 0.5, 0.77, 1.3, 1.99, 2.0], dtype=torch.float64)
@@ -264,6 +264,23 @@ def test_toys_have_dmsb_shapes():
     assert all(a < b for a, b in zip(extent, extent[1:]))  # the rings move outward
 
 
+def test_ot_interpolation_against_an_assignment_solver():
+    """Equal sizes: the pairs are scipy's optimal assignment; unequal sizes: pairs drawn from the plan keep its
+    marginals' means; the ends of the interpolation are the two sets."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 3)), rng.normal(2.0, 0.5, size=(40, 3))
+    rows, cols = linear_sum_assignment(((a[:, None] - b[None]) ** 2).sum(-1))
+    mid = ot_interpolation(a, b, 0.3)
+    assert np.allclose(np.sort(mid, 0), np.sort(0.7 * a[rows] + 0.3 * b[cols], 0))
+    assert np.allclose(np.sort(ot_interpolation(a, b, 1.0), 0), np.sort(b, 0))
+    big = rng.normal(-1.0, 1.0, size=(3000, 3))
+    out = ot_interpolation(a, big, 0.5, n=4000, seed=1)
+    assert out.shape == (4000, 3)
+    assert np.allclose(out.mean(0), 0.5 * a.mean(0) + 0.5 * big.mean(0), atol=0.05)
+    with pytest.raises(ValueError, match="fraction"):
+        ot_interpolation(a, b, 1.5)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # A trained model.
 def test_trained_momentum_bridge_reproduces_gaussian_snapshots():
@@ -319,7 +336,8 @@ def test_fit_test_predict_on_petal_with_a_holdout(tmp_path, monkeypatch):
     _cli(["test", *common, "--ckpt_path", str(ckpt)])
     report = json.loads((tmp_path / "runs/petal/version_1/test_metrics.json").read_text())
     m = report["metrics"]
-    assert {"w1_t1", "w1_holdout_t2", "baseline_w1_holdout_t2", "mmd_holdout_t2", "sliced_w1_t4",
+    assert {"w1_t1", "w1_holdout_t2", "baseline_w1_holdout_t2", "baseline_ot_interp_w1_holdout_t2", "mmd_holdout_t2",
+            "sliced_w1_t4",
             "mean_squared_acceleration"} <= m.keys()
     assert all(math.isfinite(v) for v in m.values())
     assert report["pins"] == [0.0, 0.5, 1.5, 2.0] and report["holdout"] == [2]

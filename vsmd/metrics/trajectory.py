@@ -7,6 +7,8 @@
 - ``sliced_w1``: the mean over random unit directions of the 1-D Wasserstein-1 of the projections (quantiles on a
   common grid, so the sizes may differ).
 - ``mean_squared_acceleration``: E |x''(t)|^2 along sampled paths, by second differences, averaged over time.
+- ``ot_interpolation``: the displacement (McCann) interpolation of two snapshots under their exact OT plan, a
+  trivial prediction of a snapshot between them that any trajectory model should beat.
 """
 
 from __future__ import annotations
@@ -60,6 +62,28 @@ def sliced_w1(a, b, projections: int = 500, seed: int = 0, quantiles: int = 1000
     q = (np.arange(quantiles) + 0.5) / quantiles
     pa, pb = np.quantile(a @ u, q, axis=0), np.quantile(b @ u, q, axis=0)
     return float(np.abs(pa - pb).mean())
+
+
+def ot_interpolation(a, b, s: float, n: int | None = None, seed: int = 0) -> np.ndarray:
+    """Points (1 - s) x + s y for pairs (x, y) of the exact OT plan (squared Euclidean cost, uniform weights) between
+    the (n_a, d) and (n_b, d) sets: every pair of the plan for equal sizes, else ``n`` (default n_a) pairs drawn
+    from the plan (seeded)."""
+    import ot
+
+    a, b = _np(a), _np(b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the point sets have dimensions {a.shape[1]} and {b.shape[1]}")
+    if not 0 <= s <= 1:
+        raise ValueError(f"the interpolation fraction must be in [0, 1], got {s}")
+    plan = ot.emd(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), ot.dist(a, b),
+                  numItermax=10_000_000)
+    if len(a) == len(b) and n is None:
+        i, j = np.arange(len(a)), plan.argmax(1)  # a permutation: the LP optimum of an assignment is a vertex
+    else:
+        flat = plan.ravel() / plan.sum()
+        pick = np.random.default_rng(seed).choice(flat.size, size=n or len(a), p=flat)
+        i, j = np.unravel_index(pick, plan.shape)
+    return (1 - s) * a[i] + s * b[j]
 
 
 def mean_squared_acceleration(paths: Tensor, times: Tensor) -> float:

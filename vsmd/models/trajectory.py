@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vsmd.diffusion.trajectory import DYNAMICS, MultiMarginalBridge, ot_chain, simulate, time_grid
 from vsmd.metrics import write_json
-from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, sliced_w1, w1
+from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, ot_interpolation, sliced_w1, w1
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import plt, snapshot_trajectories_figure
@@ -203,10 +203,18 @@ class TrajectoryBridge(PhaseSpaceModule):
             metrics[f"mmd_{tag}"] = mmd(gen, real)
             metrics[f"sliced_w1_{tag}"] = sliced_w1(gen, real)
             if k in dm.holdout:  # "nothing moves": the last observed snapshot before it
-                prev = snaps.points[max(i for i in dm.train_indices if i < k)]
+                ia = max(i for i in dm.train_indices if i < k)
+                ib = min(i for i in dm.train_indices if i > k)
+                prev = snaps.points[ia]
                 metrics[f"baseline_w1_{tag}"] = w1(prev, real)
                 metrics[f"baseline_mmd_{tag}"] = mmd(prev, real)
                 metrics[f"baseline_sliced_w1_{tag}"] = sliced_w1(prev, real)
+                # the OT interpolation of the observed snapshots on either side, at the held-out time
+                s = (snaps.times[k] - snaps.times[ia]) / (snaps.times[ib] - snaps.times[ia])
+                mid = ot_interpolation(prev, snaps.points[ib], s)
+                metrics[f"baseline_ot_interp_w1_{tag}"] = w1(mid, real)
+                metrics[f"baseline_ot_interp_mmd_{tag}"] = mmd(mid, real)
+                metrics[f"baseline_ot_interp_sliced_w1_{tag}"] = sliced_w1(mid, real)
         fitted = [k for k in range(1, len(snaps.times)) if k not in dm.holdout]
         metrics["w1_mean_observed"] = float(np.mean([metrics[f"w1_t{k}"] for k in fitted]))
         if dm.holdout:
@@ -224,6 +232,8 @@ class TrajectoryBridge(PhaseSpaceModule):
                                               "set's median distance",
                                        "sliced_w1": "500 random directions, 1-D W1 of the projections",
                                        "baseline": "the last observed snapshot before the held-out one",
+                                       "baseline_ot_interp": "the OT (McCann) interpolation of the observed "
+                                                             "snapshots on either side of the held-out one",
                                        "mean_squared_acceleration": "E|x''|^2 along the simulated paths"}}
         self._figure = (snaps, xs, dm.holdout, predicted)
 
