@@ -81,6 +81,22 @@ def test_predict_writes_samples(trained: Path) -> None:
     assert (versions(save_dir)[-1] / "samples.png").stat().st_size > 0
 
 
+def test_test_and_predict_with_the_exponential_integrator(trained: Path, capsys) -> None:
+    """sampler ei (and its data estimate at t_stop) through vsmd test and predict, with NFE and time reported."""
+    save_dir = trained.parent.parent
+    ckpt = str(trained / "checkpoints" / "last.ckpt")
+    ei = ["--model.init_args.sampler", "ei", "--model.init_args.sample_steps", "8"]
+    main(["test", *tiny(save_dir, *ei), "--ckpt_path", ckpt])
+    out = json.loads((versions(save_dir)[-1] / "test_metrics.json").read_text())
+    assert out["sampler"] == "ei" and out["sample_steps"] == 8 and out["nfe"] == 7 and out["sampling_seconds"] > 0
+    assert math.isfinite(out["metrics"]["rmse_pmf"])
+    capsys.readouterr()
+    main(["predict", *tiny(save_dir, *ei, "--model.init_args.t_stop", "0.02"), "--ckpt_path", ckpt])
+    assert re.search(r"\(ei, NFE 8, [0-9.]+ s of sampling\)", capsys.readouterr().out)  # 7 steps + the estimate
+    with np.load(versions(save_dir)[-1] / "samples.npz") as f:
+        assert str(f["sampler"]) == "ei" and int(f["nfe"]) == 8 and np.isfinite(f["samples"]).all()
+
+
 def test_saved_config_reproduces_the_run(trained: Path, tmp_path: Path) -> None:
     main(["fit", "--config", str(trained / "config.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.max_steps", "20"])

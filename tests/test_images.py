@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import urllib.error
 from pathlib import Path
 
@@ -224,10 +225,13 @@ def test_cli_fit_predict_test(tmp_path: Path, inception: Path, capsys) -> None:
     assert state["global_step"] == 2 and state["vsmd_sa"]["stages"] == 1
     assert state["state_dict"]["process.rho"].shape == (3, 32, 32)
     assert not any("inception" in k or "fid" in k for k in state["state_dict"])
-    main(["predict", *tiny(tmp_path, root), "--ckpt_path", str(ckpt)])
+    capsys.readouterr()
+    main(["predict", *tiny(tmp_path, root), "--ckpt_path", str(ckpt), "--model.init_args.sampler", "ei"])
+    assert re.search(r"\(ei, NFE 2, [0-9.]+ s of sampling on rank 0\)", capsys.readouterr().out)
     out = tmp_path / "cifar10_tiny" / "version_1"
-    images = np.load(out / "samples.npz")["images"]
-    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    with np.load(out / "samples.npz") as f:
+        assert f["images"].shape == (4, 32, 32, 3) and f["images"].dtype == np.uint8
+        assert str(f["sampler"]) == "ei" and int(f["nfe"]) == 2
     assert (out / "samples_000.png").is_file()
     main(["test", *tiny(tmp_path, root), "--ckpt_path", str(ckpt), "--model.init_args.fid_weights", str(inception),
           "--model.init_args.fid_cache", str(tmp_path / "fidcache")])

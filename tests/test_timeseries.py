@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import urllib.error
 from pathlib import Path
 
@@ -260,6 +262,16 @@ def test_cli_fit_test_predict(tmp_path: Path, archive_dir, capsys) -> None:
     main(["predict", *tiny(tmp_path, data_dir), "--ckpt_path", str(ckpt)])
     pred = np.load(tmp_path / "exchange" / "version_2" / "forecasts.npz")
     assert pred["samples"].shape == (5, 8, 30, 8) and np.isfinite(pred["samples"]).all()
+    # the exponential integrator through test and predict, with its NFE and time reported
+    ei = ["--model.init_args.sampler", "ei", "--model.init_args.sample_steps", "4"]
+    capsys.readouterr()
+    main(["test", *tiny(tmp_path, data_dir, *ei), "--ckpt_path", str(ckpt)])
+    report = json.loads((tmp_path / "exchange" / "version_3" / "test_metrics.json").read_text())
+    assert report["sampler"] == "ei" and report["nfe_per_step"] == 3 and report["sampling_seconds"] > 0
+    assert math.isfinite(report["metrics"]["crps_sum"])
+    main(["predict", *tiny(tmp_path, data_dir, *ei), "--ckpt_path", str(ckpt)])
+    assert re.search(r"\(ei, NFE 3 per step, [0-9.]+ s of sampling\)", capsys.readouterr().out)
+    assert np.isfinite(np.load(tmp_path / "exchange" / "version_4" / "forecasts.npz")["samples"]).all()
 
 
 def test_cli_forecasting_with_a_learned_rotation_over_the_series(tmp_path: Path, archive_dir, capsys) -> None:

@@ -97,6 +97,7 @@ class ImageVSMD(VSMDModule):
         self._fid: list = []                   # likewise: the Inception network never enters state_dict or EMA
         self._test: dict[str, Any] = {}
         self._images: list[Tensor] = []
+        self._predict_cost: list[tuple[int, float]] = []  # (NFE, sampling seconds) per predict batch
         self._problems: list[str] = []  # non-finite or exploded samples met by test/predict
 
     def data_shape(self) -> tuple[int, ...]:
@@ -268,14 +269,18 @@ class ImageVSMD(VSMDModule):
 
     # ----------------------------------------------------------------------------------------------
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x, _ = self.generate_images(len(batch), self.hparams.seed + 2 + 1000 * self.global_rank + batch_idx,
-                                    progress=True)
+        start = time.perf_counter()
+        x, nfe = self.generate_images(len(batch), self.hparams.seed + 2 + 1000 * self.global_rank + batch_idx,
+                                      progress=True)
+        self._predict_cost.append((nfe, time.perf_counter() - start))
         images = to_uint8(x).cpu()
         self._images.append(images)
         return images
 
     def on_predict_epoch_end(self) -> None:
         images, self._images = torch.cat(self._images), []
+        nfe, seconds = self._predict_cost[0][0], sum(c[1] for c in self._predict_cost)  # this rank's
+        self._predict_cost = []
         if self.trainer.world_size > 1:  # every rank made its share (DistributedSampler pads to equal shares)
             images = self.all_gather(images.to(self.device)).flatten(0, 1).cpu()
         if not self.trainer.is_global_zero:
@@ -283,7 +288,7 @@ class ImageVSMD(VSMDModule):
         out = self.run_dir()
         np.savez_compressed(out / "samples.npz", images=images.permute(0, 2, 3, 1).numpy(),
                             process=self.hparams.process, sampler=self.hparams.sampler,
-                            sample_steps=self.hparams.sample_steps)
+                            sample_steps=self.hparams.sample_steps, nfe=nfe, sampling_seconds=seconds)
         problems, self._problems = self._problems, []
         if problems:
             raise DivergedSamplesError(f"the generated images are unusable: {problems[0]} (written clamped to "
@@ -291,4 +296,5 @@ class ImageVSMD(VSMDModule):
                                        "checkpoint, or train with a lower lr, sa_lr or beta.")
         for k in range(0, len(images), 100):
             save_png(image_grid(images[k:k + 100], nrow=10), out / f"samples_{k // 100:03d}.png")
-        print(f"wrote {len(images)} images to {out / 'samples.npz'} and {math.ceil(len(images) / 100)} PNG grid(s)")
+        print(f"wrote {len(images)} images to {out / 'samples.npz'} and {math.ceil(len(images) / 100)} PNG grid(s) "
+              f"({self.hparams.sampler}, NFE {nfe}, {seconds:.1f} s of sampling on rank 0)")

@@ -284,4 +284,6 @@ class TimeSeriesVSMD(VSMDModule):
             raise DivergedSamplesError(f"the forecasts are unusable: {problem}. They are in {path} for inspection. "
                                        "The model or its A diverged; use an earlier checkpoint, or train with a "
                                        "lower lr, sa_lr or beta.")
-        print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path}")
+        print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path} "
+              f"({self.hparams.sampler}, NFE {out['nfe'] // out['samples'].shape[2]} per step, {out['seconds']:.1f} s "
+              "of sampling)")

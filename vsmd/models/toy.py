@@ -39,6 +39,7 @@ class ToyVSMD(VSMDModule):
         self._test: dict[str, Any] = {}
         self._test_figure: tuple[Tensor, Tensor] | None = None
         self._predicted: list[Tensor] = []
+        self._predict_cost: list[tuple[int, float]] = []  # (NFE, sampling seconds) per predict batch
 
     def data_shape(self) -> tuple[int, ...]:
         return (self._data_dim,)
@@ -130,7 +131,9 @@ class ToyVSMD(VSMDModule):
     # ----------------------------------------------------------------------------------------------
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         n = len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
+        start = time.perf_counter()
         res = self.generate(n, progress=True, seed=self.hparams.seed + 2 + batch_idx)
+        self._predict_cost.append((res.nfe, time.perf_counter() - start))
         x = self.process.split(res.state)[0].cpu()
         self._predicted.append(x)
         return x
@@ -139,10 +142,11 @@ class ToyVSMD(VSMDModule):
         if not self._predicted or not self.trainer.is_global_zero:
             return
         x = torch.cat(self._predicted).numpy()
-        self._predicted = []
+        nfe, seconds = self._predict_cost[0][0], sum(c[1] for c in self._predict_cost)
+        self._predicted, self._predict_cost = [], []
         out = self.run_dir()
         np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
-                 sample_steps=self.hparams.sample_steps)
+                 sample_steps=self.hparams.sample_steps, nfe=nfe, sampling_seconds=seconds)
         dm = getattr(self.trainer, "datamodule", None)
         real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
         problem = sample_problem(x, float(real.abs().max()) if real is not None else 1.0)
@@ -152,7 +156,8 @@ class ToyVSMD(VSMDModule):
                                        "earlier checkpoint, or train with a lower lr, sa_lr or beta.")
         if x.shape[1] == 2:
             self._save_samples_png(real, torch.from_numpy(x), out / "samples.png")
-        print(f"wrote {len(x)} samples to {out / 'samples.npz'}")
+        print(f"wrote {len(x)} samples to {out / 'samples.npz'} ({self.hparams.sampler}, NFE {nfe}, {seconds:.2f} s of "
+              "sampling)")
 
     def _save_samples_png(self, real: Tensor | None, fake: Tensor, path) -> None:
         """Generated samples beside real ones on the same axes (the real data's range), as a PNG."""
