@@ -154,7 +154,7 @@ class EICoefficients:
             wq = torch.cat([(edges[j + 1] - edges[j]) / 2 * gl_w for j in range(pieces)])
             tau = u.exp()
             jac = wq * tau  # d tau = tau du
-            theta = self._theta(kern, t, tau, gl_x, gl_w) if process.momentum else None
+            theta = self._theta_nodes(kern, t, tau) if process.momentum else None
             psi_nodes = _psi(kern, t, tau, theta)
             cn = kern.at(tau)
             prev = [self.times[i - j] for j in range(min(order, i + 1))]  # x0_hat nodes: t_i, t_{i-1}, ...
@@ -228,6 +228,26 @@ class EICoefficients:
         rate = kern.at(u.exp().reshape(-1))["rate"]                        # (n*q, *data)
         rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, q, *data)
         return (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
+
+    @staticmethod
+    def _theta_nodes(kern: _Kernel, t: Tensor, tau: Tensor, m: int = 6) -> Tensor:
+        """theta_t - theta_tau at many nodes tau (n,) >= t at once: an m-point Gauss-Legendre rule in log-time on
+        each gap between consecutive (sorted) nodes, summed cumulatively; n m rate evaluations where ``_theta``
+        needs n times its rule's (the weights' quadrature nodes: 4x fewer kernels, which dominate the cost for
+        images' 3072 dimensions)."""
+        order = torch.argsort(tau)
+        ts = tau[order]
+        lo = torch.log(torch.cat([t.reshape(1).to(ts), ts[:-1]]))
+        hi = torch.log(ts)
+        gx, gw = _gauss_legendre(m)
+        u = (lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * gx          # (n, m)
+        w = (hi - lo)[:, None] / 2 * gw * u.exp()
+        rate = kern.at(u.exp().reshape(-1))["rate"]
+        rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, m, *data)
+        gaps = (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
+        out = torch.empty_like(gaps)
+        out[order] = gaps.cumsum(0)
+        return out
 
     def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
         t = times.detach().to("cpu", F64)
