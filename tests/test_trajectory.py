@@ -281,6 +281,16 @@ def test_ot_interpolation_against_an_assignment_solver():
         ot_interpolation(a, b, 1.5)
 
 
+def test_bad_model_options_get_clear_errors():
+    from vsmd.models import TrajectoryBridge
+    with pytest.raises(ValueError, match="'marginal' for dynamics momentum only"):
+        TrajectoryBridge(dynamics="first_order", sampler="marginal")
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        TrajectoryBridge(sampler="heun")
+    with pytest.raises(ValueError, match="sigma_min is the first-order"):
+        TrajectoryBridge(dynamics="momentum", sigma_min=0.1)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # A trained model.
 def test_trained_momentum_bridge_reproduces_gaussian_snapshots():
@@ -306,14 +316,17 @@ def test_trained_momentum_bridge_reproduces_gaussian_snapshots():
         loss.backward()
         opt.step()
         sched.step()
-    xs, grid, _ = model.trajectories(sets[0][:2000], times, steps=120)
     pins = [0.0, 1.0, 3.0]
     means[2] = float(CubicSpline(pins, [means[i] for i in (0, 1, 3)], bc_type="natural")(2.0))
     sds[2] = float(CubicSpline(pins, [sds[i] for i in (0, 1, 3)], bc_type="natural")(2.0))
-    for t, m, s in zip(times[1:], means[1:], sds[1:]):
-        x = xs[int((grid - t).abs().argmin())]
-        assert abs(float(x.mean()) - m) < 0.15, (t, float(x.mean()), m)
-        assert abs(float(x.std()) - s) < 0.15, (t, float(x.std()), s)
+    for sampler in ("phase", "marginal"):  # the phase-space dynamics, and the ODE on E[v | x, t]
+        model.hparams.sampler = sampler
+        xs, grid, nfe = model.trajectories(sets[0][:2000], times, steps=120)
+        assert nfe == (121 if sampler == "phase" else 240)
+        for t, m, s in zip(times[1:], means[1:], sds[1:]):
+            x = xs[int((grid - t).abs().argmin())]
+            assert abs(float(x.mean()) - m) < 0.15, (sampler, t, float(x.mean()), m)
+            assert abs(float(x.std()) - s) < 0.15, (sampler, t, float(x.std()), s)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import plt, snapshot_trajectories_figure
 
 
+SAMPLERS = ("phase", "marginal")
+
+
 class TrajectoryBridge(PhaseSpaceModule):
     """Snapshots in, trajectories out (``TrajectoryDataModule``).
 
@@ -38,13 +41,20 @@ class TrajectoryBridge(PhaseSpaceModule):
         lr, weight_decay: AdamW.
         ema_decay: EMA of the weights used for evaluation (0: none).
         sample_steps: simulation steps over [t_0, t_K] (every snapshot time is on the grid).
+        sampler: momentum only, how test and predict simulate. "phase": the learned phase-space dynamics (x, v)
+            with the drift network, from v_0 = E[v | x_0] plus the bridge's spread: smooth, Newtonian paths.
+            "marginal": the first-order ODE dx/dt = E[v | x, t] of the velocity network (Heun, 2 NFE a step). Since
+            x' = v on every bridge path, this field carries the bridge mixture's x-marginals exactly, whatever the
+            drift network's error, which in the phase-space simulation compounds through v; its paths are less
+            smooth (benchmarks/results/trajectory.md measures both).
         n_paths: trajectories simulated in test (None: one per point of the first test snapshot).
         seed: the seed of sampling.
     """
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
                  hidden: int = 256, depth: int = 3, lr: float = 1e-3, weight_decay: float = 0.0,
-                 ema_decay: float = 0.999, sample_steps: int = 100, n_paths: int | None = None, seed: int = 0) -> None:
+                 ema_decay: float = 0.999, sample_steps: int = 100, sampler: str = "phase", n_paths: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         if dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
@@ -52,6 +62,9 @@ class TrajectoryBridge(PhaseSpaceModule):
             raise ValueError(f"sigma and sigma_min must be >= 0, got {sigma} and {sigma_min}")
         if sigma_min > 0 and dynamics == "momentum":
             raise ValueError("sigma_min is the first-order (OT-CFM) blur; the momentum bridge's noise is sigma")
+        if sampler not in SAMPLERS or (sampler != "phase" and dynamics != "momentum"):
+            raise ValueError(f"sampler must be one of {SAMPLERS} ('marginal' for dynamics momentum only), got "
+                             f"{sampler!r} with dynamics {dynamics!r}")
         if data_dim < 1 or sample_steps < 2 or not lr > 0:
             raise ValueError(f"need data_dim >= 1, sample_steps >= 2 and lr > 0; got {data_dim}, {sample_steps}, {lr}")
         self.save_hyperparameters()
@@ -155,6 +168,15 @@ class TrajectoryBridge(PhaseSpaceModule):
         net = self.net_ema.module if self.net_ema is not None else self.net
         grid = time_grid([lo, hi, *times], steps or self.hparams.sample_steps)
         x0 = x0.to(self.device).float()
+        if self.momentum and self.hparams.get("sampler", "phase") == "marginal":
+            vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
+            xs = [x0]
+            for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):  # Heun on dx/dt = E[v | x, t]
+                x = xs[-1]
+                k1 = vnet(x, self._c(torch.full((len(x),), a, device=x.device)))
+                k2 = vnet(x + (b - a) * k1, self._c(torch.full((len(x),), b, device=x.device)))
+                xs.append(x + (b - a) / 2 * (k1 + k2))
+            return torch.stack(xs), grid, 2 * (len(grid) - 1)
         if self.momentum:
             vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
             c0 = self._c(torch.full((len(x0),), lo, device=self.device))
@@ -224,6 +246,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         metrics["mean_squared_acceleration"] = mean_squared_acceleration(xs, grid)
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "space": dm.space, "dynamics": h.dynamics, "sigma": h.sigma,
+                      "sampler": h.get("sampler", "phase"),
                       "sigma_min": h.sigma_min, "snapshot_times": snaps.times, "holdout": dm.holdout,
                       "pins": self.pins, "nfe": nfe, "sample_steps": h.sample_steps, "n_paths": len(x0),
                       "sampling_seconds": wall, "trained_steps": max(self.trained_steps, self.global_step),
@@ -244,7 +267,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         path = write_json(out / "test_metrics.json", self._test)
         snaps, xs, holdout, predicted = self._figure
         fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted,
-                                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g})")
+                                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}"
+                                                 f"{', marginal ODE' if self.hparams.get('sampler') == 'marginal' else ''})")
         fig.savefig(out / "test_trajectories.png", dpi=110)
         plt.close(fig)
         lines = [f"  {k:<34} {v:.5g}" for k, v in self._test["metrics"].items()]
