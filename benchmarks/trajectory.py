@@ -4,14 +4,16 @@ snapshot, on DMSB's petal and GMM toys and on the embryoid-body subset (../share
 Every model trains through ``vsmd fit`` from configs/petal.yaml, gmm.yaml or eb.yaml with only the model's dynamics
 and noise changed, and ``vsmd test`` scores the last checkpoint (test_metrics.json). Rows:
 
-- momentum bridge: dynamics momentum, sigma 0.1 (bridge matching of the pinned Newtonian process);
+- momentum bridge: dynamics momentum, sigma 0.1 (bridge matching of the pinned Newtonian process), simulated in
+  phase space;
+- momentum bridge, marginal ODE: the same checkpoint simulated by dx/dt = E[v | x, t] (sampler marginal);
 - momentum spline FM: dynamics momentum, sigma 0 (flow matching on cubic splines through the coupled points);
 - first-order bridge: dynamics first_order, sigma 0.1 (an overdamped multi-marginal SB matching);
 - OT-CFM: dynamics first_order, sigma 0, sigma_min 0.1 (minibatch-OT flow matching, piecewise-linear paths).
 
 Writes benchmarks/results/trajectory.md, trajectory.json and trajectory.png.
 
-    python benchmarks/trajectory.py --data-dir ../shared/data           # about an hour on 2 busy cores
+    python benchmarks/trajectory.py --data-dir ../shared/data --jobs 2  # about an hour on 2 cores
     python benchmarks/trajectory.py --steps 50 --only petal:2 --out /tmp/smoke   # a smoke run
 """
 
@@ -24,13 +26,15 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {  # name: (dynamics, sigma, sigma_min)
+MODELS = {  # name: (dynamics, sigma, sigma_min[, test-time sampler, the model whose checkpoint it tests])
     "momentum bridge": ("momentum", 0.1, 0.0),
+    "momentum bridge, marginal ODE": ("momentum", 0.1, 0.0, "marginal", "momentum bridge"),
     "momentum spline FM": ("momentum", 0.0, 0.0),
     "first-order bridge": ("first_order", 0.1, 0.0),
     "OT-CFM": ("first_order", 0.0, 0.1),
@@ -48,19 +52,30 @@ def _vsmd(args: list[str]) -> None:
 
 def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) -> dict:
     ds, hold = setting.split(":")
-    out = work / f"{ds}_{hold}_{model.replace(' ', '_')}"
+    out = work / f"{ds}_{hold}_{model.replace(' ', '_').replace(',', '')}"
     cached = out / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    if out.exists():
-        shutil.rmtree(out)
-    dyn, sigma, sigma_min = MODELS[model]
+    dyn, sigma, sigma_min, *reuse = MODELS[model]
     args = ["--config", str(ROOT / "configs" / f"{ds}.yaml"), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--data.init_args.holdout", f"[{hold}]", "--model.init_args.dynamics", dyn,
             "--model.init_args.sigma", str(sigma), "--model.init_args.sigma_min", str(sigma_min)]
     if ds == "eb":
         args += ["--data.init_args.path", str(data_dir / "eb_nlsb_val_rna.npz")]
+    if reuse:  # another sampler on the checkpoint of an earlier row: test only
+        sampler, base = reuse
+        base_result = run_one(setting, base, steps, work, data_dir)
+        ckpt = Path(base_result["figure"]).parents[1] / "version_0" / "checkpoints" / "last.ckpt"
+        if out.exists():
+            shutil.rmtree(out)
+        _vsmd(["test", *args, "--model.init_args.sampler", sampler, "--ckpt_path", str(ckpt)])
+        result = json.loads((out / "run/version_0/test_metrics.json").read_text())
+        result |= {"train_seconds": base_result["train_seconds"], "figure": str(out / "run/version_0/test_trajectories.png")}
+        cached.write_text(json.dumps(result))
+        return result
+    if out.exists():
+        shutil.rmtree(out)
     start = time.perf_counter()
     _vsmd(["fit", *args, "--trainer.max_steps", str(steps)])
     train_s = time.perf_counter() - start
@@ -71,19 +86,56 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
     return result
 
 
+def synthetic_100d(n: int = 3000, steps: int = 50, seed: int = 0) -> dict:
+    """Time and memory at the EB shape: 5 snapshots of n points in 100-D (a drifting, rotating Gaussian cloud),
+    the eb config's model (momentum bridge, MLP 128 x 3) with data_dim 100: seconds per training step (batch 256 per
+    snapshot, OT chaining included), seconds to simulate n paths (100 steps), and the process's peak memory."""
+    import resource
+
+    import torch
+
+    from vsmd.models import TrajectoryBridge
+
+    torch.manual_seed(seed)
+    d, times = 100, [0.0, 1.0, 2.0, 3.0, 4.0]
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    sets = [(torch.randn(n, d, generator=g) * (1 + 0.2 * k) + 0.5 * k * basis[0]) @ basis for k in range(5)]
+    model = TrajectoryBridge(data_dim=d, dynamics="momentum", sigma=0.1, hidden=128, depth=3, ema_decay=0.999)
+    model._set_times(times, times)
+    opt = model.configure_optimizers()
+    per = []
+    for k in range(steps + 2):
+        t0 = time.perf_counter()
+        loss, _ = model.loss([p[torch.randint(n, (256,), generator=g)] for p in sets], g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if k >= 2:
+            per.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    model.trajectories(sets[0], times, steps=100)
+    sample_s = time.perf_counter() - t0
+    return {"points_per_snapshot": n, "dim": d, "train_step_seconds": float(np.median(per)),
+            "sample_seconds": sample_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    picks = [("petal:2", "momentum bridge"), ("petal:2", "OT-CFM"), ("gmm:2", "momentum bridge"), ("gmm:2", "OT-CFM")]
-    picks = [p for p in picks if p in results]
-    if not picks:
+    rows = [ds for ds in ("petal:2", "gmm:2") if (ds, "momentum bridge") in results]
+    cols = [m for m in ("momentum bridge", "momentum bridge, marginal ODE", "OT-CFM") if (rows and (rows[0], m) in results)]
+    if not rows or not cols:
         return
-    fig, axes = plt.subplots(len(picks), 1, figsize=(10, 4.6 * len(picks)))
-    for ax, (setting, model) in zip(np.atleast_1d(axes), picks):
-        ax.imshow(plt.imread(results[(setting, model)]["figure"]))
-        ax.set_axis_off()
-        ax.set_title(f"{setting.replace(':', ', held out ')}: {model}", fontsize=10)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(7 * len(cols), 3.4 * len(rows)), squeeze=False)
+    for i, setting in enumerate(rows):
+        for j, model in enumerate(cols):
+            ax = axes[i, j]
+            if (setting, model) in results:
+                ax.imshow(plt.imread(results[(setting, model)]["figure"]))
+            ax.set_axis_off()
+            ax.set_title(f"{setting.replace(':', ', held out ')}: {model}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -96,16 +148,25 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=SETTINGS, help="dataset:held-out settings")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vsmd-bench-trajectory"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     args = ap.parse_args()
+    keys = [(setting, model) for setting in args.only for model in MODELS]
+
+    def one(key):
+        print(f"=== {key[0]} {key[1]}", flush=True)
+        return run_one(*key, args.steps, args.work, args.data_dir)
+
     results = {}
-    for setting in args.only:
-        for model in MODELS:
-            print(f"=== {setting} {model}", flush=True)
-            results[(setting, model)] = run_one(setting, model, args.steps, args.work, args.data_dir)
+    with ThreadPoolExecutor(args.jobs) as pool:  # the fits first, then the rows that test their checkpoints
+        for group in ([k for k in keys if len(MODELS[k[1]]) == 3], [k for k in keys if len(MODELS[k[1]]) > 3]):
+            results |= dict(zip(group, pool.map(one, group)))
     args.out.mkdir(parents=True, exist_ok=True)
     figure(results, args.out / "trajectory.png")
+    torch_threads = os.environ.get("OMP_NUM_THREADS")
+    synth = synthetic_100d()
     rows = [{"setting": s, "model": m} | r for (s, m), r in results.items()]
-    (args.out / "trajectory.json").write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=1) + "\n")
+    (args.out / "trajectory.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "synthetic_100d": synth},
+                                                         indent=1) + "\n")
     lines = ["# Trajectory inference: momentum bridge against first-order bridge and OT-CFM (issue 14)", "",
              f"Command: `python benchmarks/trajectory.py --data-dir ../shared/data"
              f"{'' if args.steps == 2000 else f' --steps {args.steps}'}`. {args.steps} training steps each through "
@@ -132,8 +193,18 @@ def main() -> None:
                          f"{r['nfe']} | {r['train_seconds']:.0f} | {r['sampling_seconds']:.2f} |")
         m = r0["metrics"]
         lines += [f"| nothing moves (snapshot {int(hold) - 1}) | {m['baseline_w1_' + tag]:.3f} | "
-                  f"{m['baseline_mmd_' + tag]:.4f} | {m['baseline_sliced_w1_' + tag]:.3f} | - | - | - | - | - |", ""]
-    lines += ["![trajectories](trajectory.png)", ""]
+                  f"{m['baseline_mmd_' + tag]:.4f} | {m['baseline_sliced_w1_' + tag]:.3f} | - | - | - | - | - |"]
+        if "baseline_ot_interp_w1_" + tag in m:
+            lines += [f"| OT interpolation (snapshots {int(hold) - 1} and {int(hold) + 1}) | "
+                      f"{m['baseline_ot_interp_w1_' + tag]:.3f} | {m['baseline_ot_interp_mmd_' + tag]:.4f} | "
+                      f"{m['baseline_ot_interp_sliced_w1_' + tag]:.3f} | - | - | - | - | - |"]
+        lines.append("")
+    lines += ["## Time and memory at the EB shape (synthetic, 100-D)", "",
+              f"5 snapshots of {synth['points_per_snapshot']} points in {synth['dim']}-D, the momentum bridge with the eb "
+              f"config's MLP (threads: {torch_threads or 'all'}): {synth['train_step_seconds']:.3f} s per training step "
+              f"(batch 256 per snapshot, OT chaining included), {synth['sample_seconds']:.1f} s to simulate "
+              f"{synth['points_per_snapshot']} paths over 100 steps, peak memory {synth['peak_rss_mib']:.0f} MiB "
+              "(the benchmark process).", "", "![trajectories](trajectory.png)", ""]
     (args.out / "trajectory.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
