@@ -163,18 +163,22 @@ def test_the_multistep_weights_integrate_polynomials_exactly() -> None:
         agm_grid(5, 1.2)
 
 
-@pytest.mark.parametrize("steps, tol", [(20, 0.02), (40, 0.01)])
-def test_the_sampler_with_the_exact_force_recovers_gaussian_data(steps: int, tol: float) -> None:
-    """NFE 20: within 2% in mean and sd; NFE 40: 1% (at NFE 10 it is 4-9% off: see the README)."""
+@pytest.mark.parametrize("steps, stop, tol_mean, tol_sd", [(10, 0.7, 0.01, 0.04), (20, 0.9, 0.02, 0.02),
+                                                          (40, 0.9, 0.01, 0.01)])
+def test_the_sampler_with_the_exact_force_recovers_gaussian_data(steps: int, stop: float, tol_mean: float,
+                                                                 tol_sd: float) -> None:
+    """NFE 20: within 2% in mean and sd; NFE 40: 1%. NFE 10 (the official hop at 0.7): the mean within 1%, the sd
+    within 4% only (measured 3.7%): the hop returns the posterior mean of x1, which is narrower than the data when
+    it stops early (sd 23-34% short at 0.5), and stopping later leaves 9 steps for [0, t_stop] (8% at 0.9)."""
     p = AGMProcess((2,))
     m, sd = _t(1.5, -0.5), _t(2.0, 0.3)
     force, _ = _gaussian_force(p, m, sd)
     gen = torch.Generator().manual_seed(2)
-    res = agm_sample(p, force, p.prior_sample(40000, gen).double(), agm_grid(steps, 0.9), order=3)
+    res = agm_sample(p, force, p.prior_sample(40000, gen).double(), agm_grid(steps, stop), order=3)
     x = p.split(res.state)[0]
     assert res.nfe == steps
-    assert ((x.mean(0) - m).abs() / sd < tol).all(), x.mean(0)
-    assert ((x.std(0) / sd - 1).abs() < tol + 2 / math.sqrt(40000)).all(), x.std(0) / sd
+    assert ((x.mean(0) - m).abs() / sd < tol_mean).all(), x.mean(0)
+    assert ((x.std(0) / sd - 1).abs() < tol_sd + 2 / math.sqrt(40000)).all(), x.std(0) / sd
 
 
 def test_process_agm_is_built_by_name_and_bad_options_are_refused() -> None:
