@@ -153,8 +153,9 @@ def main() -> None:
                      f"{r['train_images_per_second']:.2f} | {r['train_step_seconds']:.3f} | "
                      f"{r['seconds_per_image_per_nfe']:.4f} | {r['seconds_per_image_heun_125']:.1f} |")
     heun = next(r["seconds_per_image"] for r in sampling if r["sampler"] == "heun")
-    lines += ["", f"Whole sampler runs ({result['machine']}), paper-size U-Net (35.75 M parameters), {args.sample_batch} images a run, float32, "
-              "random weights; the time of `generate`, sampler arithmetic included. once per grid: what a sampler computes "
+    lines += ["", f"Whole sampler runs ({result['machine']}), paper-size U-Net (35.75 M parameters), "
+              f"{args.sample_batch} images a run, float32, random weights; the time of `generate`, sampler arithmetic "
+              "included. once per grid: what a sampler computes "
               "once per time grid and A and then caches (the EI's float64 weights over the 3072 pixels' kernels, "
               "AGM's multistep weights; a first call's time less a second's), paid once per `vsmd test` or "
               "`predict`, not per batch:", "",

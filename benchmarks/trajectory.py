@@ -71,7 +71,8 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
             shutil.rmtree(out)
         _vsmd(["test", *args, "--model.init_args.sampler", sampler, "--ckpt_path", str(ckpt)])
         result = json.loads((out / "run/version_0/test_metrics.json").read_text())
-        result |= {"train_seconds": base_result["train_seconds"], "figure": str(out / "run/version_0/test_trajectories.png")}
+        result |= {"train_seconds": base_result["train_seconds"],
+                   "figure": str(out / "run/version_0/test_trajectories.png")}
         cached.write_text(json.dumps(result))
         return result
     if out.exists():
@@ -125,7 +126,8 @@ def figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [ds for ds in ("petal:2", "gmm:2") if (ds, "momentum bridge") in results]
-    cols = [m for m in ("momentum bridge", "momentum bridge, marginal ODE", "OT-CFM") if (rows and (rows[0], m) in results)]
+    cols = [m for m in ("momentum bridge", "momentum bridge, marginal ODE", "OT-CFM")
+            if rows and (rows[0], m) in results]
     if not rows or not cols:
         return
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(7 * len(cols), 3.4 * len(rows)), squeeze=False)
@@ -182,14 +184,16 @@ def main() -> None:
         r0 = results[(setting, next(iter(MODELS)))]
         obs = [k for k in range(1, len(r0["snapshot_times"])) if k != int(hold)]
         lines += [f"## {ds}, snapshot {hold} (t = {r0['snapshot_times'][int(hold)]:g}) held out", "",
-                  f"| model | W1 held out | MMD held out | sliced W1 held out | W1 observed (t{', t'.join(map(str, obs))}) "
+                  "| model | W1 held out | MMD held out | sliced W1 held out | "
+                  f"W1 observed (t{', t'.join(map(str, obs))}) "
                   "| acceleration | NFE | train s | sample s |", "|---|---|---|---|---|---|---|---|---|"]
         tag = f"holdout_t{hold}"
         for model in MODELS:
             m = results[(setting, model)]["metrics"]
             r = results[(setting, model)]
             lines.append(f"| {model} | {m['w1_' + tag]:.3f} | {m['mmd_' + tag]:.4f} | {m['sliced_w1_' + tag]:.3f} | "
-                         f"{', '.join(format(m['w1_t' + str(k)], '.3f') for k in obs)} | {m['mean_squared_acceleration']:.3g} | "
+                         f"{', '.join(format(m['w1_t' + str(k)], '.3f') for k in obs)} | "
+                         f"{m['mean_squared_acceleration']:.3g} | "
                          f"{r['nfe']} | {r['train_seconds']:.0f} | {r['sampling_seconds']:.2f} |")
         m = r0["metrics"]
         lines += [f"| nothing moves (snapshot {int(hold) - 1}) | {m['baseline_w1_' + tag]:.3f} | "
@@ -200,8 +204,9 @@ def main() -> None:
                       f"{m['baseline_ot_interp_sliced_w1_' + tag]:.3f} | - | - | - | - | - |"]
         lines.append("")
     lines += ["## Time and memory at the EB shape (synthetic, 100-D)", "",
-              f"5 snapshots of {synth['points_per_snapshot']} points in {synth['dim']}-D, the momentum bridge with the eb "
-              f"config's MLP (threads: {torch_threads or 'all'}): {synth['train_step_seconds']:.3f} s per training step "
+              f"5 snapshots of {synth['points_per_snapshot']} points in {synth['dim']}-D, the momentum bridge with "
+              f"the eb config's MLP (threads: {torch_threads or 'all'}): {synth['train_step_seconds']:.3f} s per "
+              "training step "
               f"(batch 256 per snapshot, OT chaining included), {synth['sample_seconds']:.1f} s to simulate "
               f"{synth['points_per_snapshot']} paths over 100 steps, peak memory {synth['peak_rss_mib']:.0f} MiB "
               "(the benchmark process).", "", "![trajectories](trajectory.png)", ""]

@@ -266,9 +266,9 @@ class TrajectoryBridge(PhaseSpaceModule):
         out = self.run_dir()
         path = write_json(out / "test_metrics.json", self._test)
         snaps, xs, holdout, predicted = self._figure
+        marginal = ", marginal ODE" if self.hparams.get("sampler") == "marginal" else ""
         fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted,
-                                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}"
-                                                 f"{', marginal ODE' if self.hparams.get('sampler') == 'marginal' else ''})")
+                                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}{marginal})")
         fig.savefig(out / "test_trajectories.png", dpi=110)
         plt.close(fig)
         lines = [f"  {k:<34} {v:.5g}" for k, v in self._test["metrics"].items()]
