@@ -154,11 +154,11 @@ class EICoefficients:
             wq = torch.cat([(edges[j + 1] - edges[j]) / 2 * gl_w for j in range(pieces)])
             tau = u.exp()
             jac = wq * tau  # d tau = tau du
-            theta = self._theta_nodes(kern, t, tau) if process.momentum else None
+            theta = self._theta(kern, t, tau) if process.momentum else None
             psi_nodes = _psi(kern, t, tau, theta)
             cn = kern.at(tau)
             prev = [self.times[i - j] for j in range(min(order, i + 1))]  # x0_hat nodes: t_i, t_{i-1}, ...
-            theta_s = self._theta(kern, t, s.reshape(1), gl_x, gl_w) if process.momentum else None
+            theta_s = self._theta(kern, t, s.reshape(1), m=nodes) if process.momentum else None
             psi = tuple(z[0] for z in _psi(kern, t, s.reshape(1), theta_s))
             # The Lagrange basis sums to 1, so the weights sum to int Psi c = M_t - Psi(t, s) M_s in closed form.
             # Taking w_0 from that identity makes a constant data estimate exact to round-off (not to quadrature).
@@ -220,21 +220,10 @@ class EICoefficients:
             self.weights.append(step_w)
 
     @staticmethod
-    def _theta(kern: _Kernel, t: Tensor, tau: Tensor, gl_x: Tensor, gl_w: Tensor) -> Tensor:
-        """theta_t - theta_tau = int_t^tau (beta/2) L_vv / L_xx du for each tau (n,) >= t, shape (n, *data)."""
-        lo, hi = math.log(float(t)), torch.log(tau)                       # (n,)
-        u = (lo + hi[:, None]) / 2 + (hi[:, None] - lo) / 2 * gl_x         # (n, q)
-        w = (hi[:, None] - lo) / 2 * gl_w * u.exp()
-        rate = kern.at(u.exp().reshape(-1))["rate"]                        # (n*q, *data)
-        rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, q, *data)
-        return (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
-
-    @staticmethod
-    def _theta_nodes(kern: _Kernel, t: Tensor, tau: Tensor, m: int = 6) -> Tensor:
-        """theta_t - theta_tau at many nodes tau (n,) >= t at once: an m-point Gauss-Legendre rule in log-time on
-        each gap between consecutive (sorted) nodes, summed cumulatively; n m rate evaluations where ``_theta``
-        needs n times its rule's (the weights' quadrature nodes: 4x fewer kernels, which dominate the cost for
-        images' 3072 dimensions)."""
+    def _theta(kern: _Kernel, t: Tensor, tau: Tensor, m: int = 6) -> Tensor:
+        """theta_t - theta_tau = int_t^tau (beta/2) L_vv / L_xx du for nodes tau (n,) >= t, shape (n, *data): an
+        m-point Gauss-Legendre rule in log-time on each gap between consecutive (sorted) nodes, summed cumulatively
+        (n m rate evaluations; the kernels dominate the weights' cost for images' 3072 dimensions)."""
         order = torch.argsort(tau)
         ts = tau[order]
         lo = torch.log(torch.cat([t.reshape(1).to(ts), ts[:-1]]))
