@@ -129,7 +129,8 @@ def main() -> None:
     old = args.out.with_suffix(".json")
     if args.sampling_only and not old.is_file():
         raise SystemExit(f"--sampling-only keeps the training rows of {old}, which does not exist; run without it")
-    rows = json.loads(old.read_text())["rows"] if args.sampling_only else \
+    previous = json.loads(old.read_text()) if args.sampling_only else None
+    rows = previous["rows"] if previous else \
         [measure(c, args.batch, args.steps, args.device, args.precision)
          for c in ("configs/cifar10_tiny.yaml", "configs/cifar10.yaml")]
     sampling = []
@@ -139,8 +140,8 @@ def main() -> None:
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
     result = {"machine": f"{dev}, torch {torch.__version__}", "rows": rows, "sampling": sampling}
-    if args.sampling_only:
-        result["rows_machine"] = json.loads(old.read_text()).get("rows_machine", json.loads(old.read_text())["machine"])
+    if previous:
+        result["rows_machine"] = previous.get("rows_machine", previous["machine"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Image throughput (`python benchmarks/images.py`)", "",

@@ -50,9 +50,14 @@ def _vsmd(args: list[str]) -> None:
         raise RuntimeError(f"vsmd {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
 
+def run_dir(setting: str, model: str, work: Path) -> Path:
+    ds, hold = setting.split(":")
+    return work / f"{ds}_{hold}_{model.replace(' ', '_').replace(',', '')}"
+
+
 def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) -> dict:
     ds, hold = setting.split(":")
-    out = work / f"{ds}_{hold}_{model.replace(' ', '_').replace(',', '')}"
+    out = run_dir(setting, model, work)
     cached = out / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -66,7 +71,7 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
     if reuse:  # another sampler on the checkpoint of an earlier row: test only
         sampler, base = reuse
         base_result = run_one(setting, base, steps, work, data_dir)
-        ckpt = Path(base_result["figure"]).parents[1] / "version_0" / "checkpoints" / "last.ckpt"
+        ckpt = run_dir(setting, base, work) / "run/version_0/checkpoints/last.ckpt"
         if out.exists():
             shutil.rmtree(out)
         _vsmd(["test", *args, "--model.init_args.sampler", sampler, "--ckpt_path", str(ckpt)])

@@ -166,10 +166,10 @@ class TrajectoryBridge(PhaseSpaceModule):
                              "between the first and the last training snapshot")
         gen = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
         net = self.net_ema.module if self.net_ema is not None else self.net
+        vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
         grid = time_grid([lo, hi, *times], steps or self.hparams.sample_steps)
         x0 = x0.to(self.device).float()
         if self.momentum and self.hparams.get("sampler", "phase") == "marginal":
-            vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
             xs = [x0]
             for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):  # Heun on dx/dt = E[v | x, t]
                 x = xs[-1]
@@ -178,7 +178,6 @@ class TrajectoryBridge(PhaseSpaceModule):
                 xs.append(x + (b - a) / 2 * (k1 + k2))
             return torch.stack(xs), grid, 2 * (len(grid) - 1)
         if self.momentum:
-            vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
             c0 = self._c(torch.full((len(x0),), lo, device=self.device))
             spread = self.bridge.velocity_spread(lo)
             v0 = vnet(x0, c0) + spread * torch.randn(x0.shape, generator=gen).to(x0)
