@@ -279,6 +279,8 @@ def test_ot_interpolation_against_an_assignment_solver():
     assert np.allclose(out.mean(0), 0.5 * a.mean(0) + 0.5 * big.mean(0), atol=0.05)
     with pytest.raises(ValueError, match="fraction"):
         ot_interpolation(a, b, 1.5)
+    with pytest.raises(ValueError, match="dimensions 3 and 2"):
+        ot_interpolation(a, b[:, :2], 0.5)
 
 
 def test_bad_model_options_get_clear_errors():
