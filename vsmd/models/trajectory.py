@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vsmd.diffusion.trajectory import DYNAMICS, MultiMarginalBridge, ot_chain, simulate, time_grid
+from vsmd.diffusion.trajectory import (DYNAMICS, MultiMarginalBridge, langevin_velocity, ot_chain, ot_project,
+                                       simulate, time_grid)
 from vsmd.metrics import write_json
 from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, ot_interpolation, sliced_w1, w1
 from vsmd.models.base import PhaseSpaceModule
@@ -49,12 +50,28 @@ class TrajectoryBridge(PhaseSpaceModule):
             smooth (benchmarks/results/trajectory.md measures both).
         n_paths: trajectories simulated in test (None: one per point of the first test snapshot).
         seed: the seed of sampling.
+        stages: DMSB's alternating stages after the first (0: only the first). Stage 0 fits both policies on OT
+            chains of the data batches. Stage s >= 1 starts by simulating one policy from the data at its own end
+            (odd s: the backward policy from the last snapshot; even s: the forward one from the first), through
+            every training snapshot, with ``pool_size`` paths; each simulated snapshot is OT-projected onto the data
+            there (``ot_project``, IPF's projection onto that marginal), and the stage fits the *other* policy (plus
+            the velocity networks) by bridge matching on chains drawn from that pool. An odd count ends on the
+            forward policy, which test and predict simulate. Stage s covers the steps [s, s + 1) * stage_steps; the
+            last one runs to trainer.max_steps. The stage, its pool and the stage history are in the checkpoint,
+            and stage steps draw their randomness from (seed, step), so a resumed run continues exactly.
+        stage_steps: training steps per stage.
+        pool_size: simulated chains per stage.
+        langevin_steps: if > 0, a velocity score network is fitted (denoising, on the bridge samples) and the
+            velocity at the start of every simulation (stage pools, test, predict) is refined by this many steps of
+            Langevin dynamics in v with the position held (DMSB's velocity sampling at a snapshot). Momentum only.
+        langevin_eta: the Langevin step as a fraction of the bridge's conditional velocity variance.
     """
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
                  hidden: int = 256, depth: int = 3, lr: float = 1e-3, weight_decay: float = 0.0,
                  ema_decay: float = 0.999, sample_steps: int = 100, sampler: str = "phase", n_paths: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, stages: int = 0, stage_steps: int = 1000, pool_size: int = 1000,
+                 langevin_steps: int = 0, langevin_eta: float = 0.05) -> None:
         super().__init__()
         if dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
@@ -67,15 +84,33 @@ class TrajectoryBridge(PhaseSpaceModule):
                              f"{sampler!r} with dynamics {dynamics!r}")
         if data_dim < 1 or sample_steps < 2 or not lr > 0:
             raise ValueError(f"need data_dim >= 1, sample_steps >= 2 and lr > 0; got {data_dim}, {sample_steps}, {lr}")
+        if stages < 0 or stage_steps < 1 or pool_size < 2 or langevin_steps < 0 or not 0 < langevin_eta < 2:
+            raise ValueError(f"need stages >= 0, stage_steps >= 1, pool_size >= 2, langevin_steps >= 0 and "
+                             f"0 < langevin_eta < 2; got {stages}, {stage_steps}, {pool_size}, {langevin_steps}, "
+                             f"{langevin_eta}")
+        if langevin_steps > 0 and dynamics != "momentum":
+            raise ValueError("langevin_steps samples the velocity: it is for dynamics momentum")
+        if langevin_steps > 0 and not sigma > 0:
+            raise ValueError("langevin_steps needs sigma > 0 (with sigma 0 the velocity given the position is a point "
+                             "mass on each bridge and has no score)")
         self.save_hyperparameters()
         self.momentum = dynamics == "momentum"
-        self.net = MLPScoreNet(data_dim, 2 if self.momentum else 1, hidden, depth)  # the drift a(x, v, t) or u(x, t)
+        order = 2 if self.momentum else 1
+        self.net = MLPScoreNet(data_dim, order, hidden, depth)  # the forward drift a(x, v, t) or u(x, t)
         self.vnet = MLPScoreNet(data_dim, 1, hidden, depth) if self.momentum else None  # E[v | x, t]
+        # the backward policy (the drift on the mirrored clock, velocity negated) and the velocity score (as noise)
+        self.bnet = MLPScoreNet(data_dim, order, hidden, depth) if stages > 0 else None
+        self.snet = MLPScoreNet(data_dim, 2, hidden, depth) if langevin_steps > 0 else None
         self.net_ema = self.make_ema(self.net, ema_decay)
         self.vnet_ema = self.make_ema(self.vnet, ema_decay) if self.vnet is not None else None
+        self.bnet_ema = self.make_ema(self.bnet, ema_decay) if self.bnet is not None else None
+        self.snet_ema = self.make_ema(self.snet, ema_decay) if self.snet is not None else None
         self.pins: list[float] | None = None  # training snapshot times (from the data, kept in the checkpoint)
         self.snapshot_times: list[float] | None = None
         self.bridge: MultiMarginalBridge | None = None
+        self.pool: Tensor | None = None  # the current stage's chains (pool_size, K + 1, d)
+        self.pool_stage = 0
+        self.stage_history: list[dict[str, Any]] = []
         self._test: dict[str, Any] = {}
         self.trained_steps = 0
 
@@ -83,6 +118,7 @@ class TrajectoryBridge(PhaseSpaceModule):
     def _set_times(self, pins: list[float], all_times: list[float]) -> None:
         self.pins, self.snapshot_times = [float(t) for t in pins], [float(t) for t in all_times]
         self.bridge = MultiMarginalBridge(self.pins, self.hparams.dynamics, self.hparams.sigma)
+        self.bridge_rev = self.bridge.reversed()
 
     def _dm(self):
         dm = getattr(self.trainer, "datamodule", None)
@@ -100,15 +136,118 @@ class TrajectoryBridge(PhaseSpaceModule):
         if self.pins is not None and not np.allclose(self.pins, pins):
             raise ValueError(f"the checkpoint was trained with snapshots at {self.pins}, the data now has {pins}")
         self._set_times(pins, dm.times)
+        h, max_steps = self.hparams, self.trainer.max_steps
+        if h.stages > 0 and max_steps is not None and 0 < max_steps <= h.stages * h.stage_steps:
+            raise ValueError(f"trainer.max_steps {max_steps} ends before the last stage starts (stage {h.stages} at "
+                             f"step {h.stages * h.stage_steps}); raise max_steps, or lower stages or stage_steps")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vsmd_trajectory"] = {"pins": self.pins, "snapshot_times": self.snapshot_times}
+        checkpoint["vsmd_trajectory"] = {"pins": self.pins, "snapshot_times": self.snapshot_times,
+                                         "stage": self.pool_stage, "pool": self.pool,
+                                         "stage_history": self.stage_history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_steps = int(checkpoint.get("global_step", 0))
         info = checkpoint.get("vsmd_trajectory") or {}
         if info.get("pins"):
             self._set_times(info["pins"], info["snapshot_times"])
+        self.pool_stage, self.pool = int(info.get("stage", 0)), info.get("pool")
+        self.stage_history = list(info.get("stage_history", []))
+
+    # ----------------------------------------------------------------------------------------------
+    # DMSB's stages.
+    def stage_at(self, step: int) -> int:
+        """The stage that training step ``step`` belongs to."""
+        return min(step // self.hparams.stage_steps, self.hparams.stages)
+
+    @staticmethod
+    def stage_plan(stage: int) -> tuple[str | None, tuple[str, ...]]:
+        """(the policy a stage simulates, the policies it fits): stage 0 simulates none and fits both on OT chains;
+        odd stages simulate the backward policy and fit the forward one; even stages the reverse."""
+        if stage == 0:
+            return None, ("forward", "backward")
+        return ("backward", ("forward",)) if stage % 2 else ("forward", ("backward",))
+
+    def _policy(self, direction: str):
+        net = self.net if direction == "forward" else self.bnet
+        ema = self.net_ema if direction == "forward" else self.bnet_ema
+        return ema.module if ema is not None else net
+
+    def start_velocity(self, x: Tensor, t: float, generator: torch.Generator) -> Tensor:
+        """The velocity at a snapshot at time t given positions x: E[v | x, t] plus the bridge's conditional spread,
+        refined by ``langevin_steps`` of Langevin dynamics with the learned velocity score when there is one."""
+        vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
+        c = self._c(torch.full((len(x),), t, device=x.device))
+        spread = self.bridge.velocity_spread(t)
+        v = vnet(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
+        if self.snet is not None and self.hparams.langevin_steps > 0:
+            snet = self.snet_ema.module if self.snet_ema is not None else self.snet
+            v = langevin_velocity(lambda u: snet(torch.cat([x, u], 1), c), v, spread, self.hparams.langevin_steps,
+                                  self.hparams.langevin_eta, generator)
+        return v
+
+    @torch.no_grad()
+    def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
+                      steps: int | None = None) -> Tensor:
+        """Simulate a policy from positions at its starting end (t_0 forward, t_K backward) through every pin;
+        returns the positions at the pins in forward order, (B, K + 1, d)."""
+        bridge = self.bridge if direction == "forward" else self.bridge_rev
+        grid = time_grid(bridge.times.tolist(), steps or self.hparams.sample_steps)
+        policy = self._policy(direction)
+        x0 = x_start.to(self.device).float()
+        if self.momentum:
+            t_start = self.pins[0] if direction == "forward" else self.pins[-1]
+            v0 = self.start_velocity(x0, t_start, generator)
+            v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
+
+            def drift(x, v, t):
+                return policy(torch.cat([x, v], 1), self._c(t))
+        else:
+            v0 = None
+
+            def drift(x, v, t):
+                return policy(x, self._c(t))
+        xs, _ = simulate(drift, x0, v0, grid.to(torch.float32), self.hparams.sigma, generator)
+        at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
+        chain = xs[at].transpose(0, 1)
+        return chain if direction == "forward" else chain.flip(1)
+
+    @torch.no_grad()
+    def build_pool(self, stage: int) -> None:
+        """Stage ``stage``'s chains: the simulating policy's paths from resampled data at its end, each simulated
+        snapshot OT-projected onto the data there."""
+        simulated, fits = self.stage_plan(stage)
+        dm = self._dm()
+        snaps = dm.snapshots("train")
+        data = [snaps.points[i].to(self.device) for i in dm.train_indices]
+        gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + 7919 * stage + 1)
+        start = time.perf_counter()
+        end = data[0] if simulated == "forward" else data[-1]
+        x_start = end[torch.randint(len(end), (self.hparams.pool_size,), generator=gen)]
+        chain = self.simulate_pins(simulated, x_start, gen)
+        sim_seconds = time.perf_counter() - start
+        moved = []
+        for k in range(chain.shape[1]):
+            if (k == 0 and simulated == "forward") or (k == chain.shape[1] - 1 and simulated == "backward"):
+                moved.append(0.0)
+                continue
+            projected = ot_project(chain[:, k], data[k], gen)
+            moved.append(float((projected - chain[:, k]).pow(2).sum(1).mean().sqrt()))
+            chain[:, k] = projected
+        self.pool, self.pool_stage = chain.float(), stage
+        entry = {"stage": stage, "step": int(self.global_step), "simulated": simulated, "fits": list(fits),
+                 "simulate_seconds": sim_seconds, "seconds": time.perf_counter() - start,
+                 "rms_projection_shift": moved}
+        self.stage_history.append(entry)
+        self.log_dict({"stage/index": float(stage), "stage/rms_projection_shift": float(np.mean(moved))})
+        print(f"stage {stage} at step {entry['step']}: simulated the {simulated} policy ({len(chain)} paths, "
+              f"{entry['seconds']:.1f} s); rms shift onto the data per snapshot "
+              f"{', '.join(f'{m:.3f}' for m in moved)}; fitting the {' and '.join(fits)} policy")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        stage = self.stage_at(self.global_step) if self.hparams.stages > 0 else 0
+        if stage > 0 and (stage != self.pool_stage or self.pool is None):
+            self.build_pool(stage)
 
     def _c(self, t: Tensor) -> Tensor:
         """The network's time input: 999 (t - t_0) / (t_K - t_0)."""
@@ -116,23 +255,53 @@ class TrajectoryBridge(PhaseSpaceModule):
         return 999.0 * (t - t0) / (t1 - t0)
 
     # ----------------------------------------------------------------------------------------------
-    def loss(self, batch: list[Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-        chain = ot_chain(batch)
-        t = self.bridge.sample_times(len(chain), generator).to(chain.device)
-        x, v, target, v_target = self.bridge.sample(chain, t, generator)
+    def _drift_loss(self, net, bridge: MultiMarginalBridge, chain: Tensor, generator: torch.Generator | None
+                    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+        t = bridge.sample_times(len(chain), generator).to(chain.device)
+        sample = bridge.sample(chain, t, generator, velocity_noise=self.snet is not None and bridge is self.bridge)
+        x, v, target = sample[0], sample[1], sample[2]
         if self.hparams.sigma_min > 0:
             x = x + self.hparams.sigma_min * torch.randn(x.shape, generator=generator).to(x)
-        c, w = self._c(t).float(), self.bridge.loss_weight(t).float()
+        c, w = self._c(t).float(), bridge.loss_weight(t).float()
+        if net is None:  # only the samples (the drift is not fitted in this stage)
+            return None, (x, *sample[1:]), c
+        pred = net(torch.cat([x, v], 1), c) if self.momentum else net(x, c)
+        return ((pred - target).pow(2).sum(1) * w).mean(), (x, *sample[1:]), c
+
+    def loss(self, batch: list[Tensor] | Tensor, generator: torch.Generator | None = None,
+             fit: tuple[str, ...] = ("forward", "backward")) -> tuple[Tensor, dict[str, float]]:
+        """Bridge matching on chains: OT chains of a list of snapshot batches, or given chains (B, K + 1, d). ``fit``
+        names the policies to fit (the backward one only if the model has stages); the velocity networks are always
+        fitted."""
+        chain = batch if isinstance(batch, Tensor) else ot_chain(batch)
+        drift_loss, sample, c = self._drift_loss(self.net if "forward" in fit else None, self.bridge, chain,
+                                                 generator)
+        parts = {}
+        total = drift_loss if drift_loss is not None else chain.new_zeros(())
+        if drift_loss is not None:
+            parts["drift"] = float(drift_loss.detach())
         if self.momentum:
-            pred = self.net(torch.cat([x, v], 1), c)
-            drift_loss = ((pred - target).pow(2).sum(1) * w).mean()
+            x, v, _, v_target = sample[:4]
             v_loss = (self.vnet(x, c) - v_target).pow(2).sum(1).mean()
-            return drift_loss + v_loss, {"drift": float(drift_loss.detach()), "velocity": float(v_loss.detach())}
-        drift_loss = ((self.net(x, c) - target).pow(2).sum(1) * w).mean()
-        return drift_loss, {"drift": float(drift_loss.detach())}
+            total, parts["velocity"] = total + v_loss, float(v_loss.detach())
+            if self.snet is not None:  # denoising: the noise of v given x on its bridge
+                eps = sample[4]
+                s_loss = (self.snet(torch.cat([x, v], 1), c) - eps).pow(2).sum(1).mean()
+                total, parts["velocity_score"] = total + s_loss, float(s_loss.detach())
+        if self.bnet is not None and "backward" in fit:
+            b_loss = self._drift_loss(self.bnet, self.bridge_rev, chain.flip(1), generator)[0]
+            total, parts["backward_drift"] = total + b_loss, float(b_loss.detach())
+        return total, parts
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        loss, parts = self.loss(batch)
+        if self.hparams.stages > 0:  # randomness from (seed, step): a resumed stage continues exactly
+            gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + int(self.global_step) + 17)
+            stage = self.stage_at(self.global_step)
+            if stage > 0:
+                batch = self.pool[torch.randint(len(self.pool), (len(batch[0]),), generator=gen)]
+            loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
+        else:
+            loss, parts = self.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the bridge-matching loss is {loss.item()} at step {self.global_step}; the saved "
                                      "checkpoints are untouched. Resume from the last one with a lower lr.")
@@ -140,16 +309,19 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False)
         return loss
 
+    def _nets(self) -> list[tuple[torch.nn.Module, Any]]:
+        return [(n, e) for n, e in ((self.net, self.net_ema), (self.vnet, self.vnet_ema), (self.bnet, self.bnet_ema),
+                                    (self.snet, self.snet_ema)) if n is not None]
+
     def configure_optimizers(self):
-        params = list(self.net.parameters()) + (list(self.vnet.parameters()) if self.vnet is not None else [])
+        params = [p for net, _ in self._nets() for p in net.parameters()]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.net_ema is not None:
-            self.net_ema.update_parameters(self.net)
-        if self.vnet_ema is not None:
-            self.vnet_ema.update_parameters(self.vnet)
+        for net, ema in self._nets():
+            if ema is not None:
+                ema.update_parameters(net)
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,9 +350,7 @@ class TrajectoryBridge(PhaseSpaceModule):
                 xs.append(x + (b - a) / 2 * (k1 + k2))
             return torch.stack(xs), grid, 2 * (len(grid) - 1)
         if self.momentum:
-            c0 = self._c(torch.full((len(x0),), lo, device=self.device))
-            spread = self.bridge.velocity_spread(lo)
-            v0 = vnet(x0, c0) + spread * torch.randn(x0.shape, generator=gen).to(x0)
+            v0 = self.start_velocity(x0, lo, gen)
 
             def drift(x, v, t):
                 return net(torch.cat([x, v], 1), self._c(t))
