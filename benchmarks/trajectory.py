@@ -7,6 +7,10 @@ and noise changed, and ``vsmd test`` scores the last checkpoint (test_metrics.js
 - momentum bridge: dynamics momentum, sigma 0.1 (bridge matching of the pinned Newtonian process), simulated in
   phase space;
 - momentum bridge, marginal ODE: the same checkpoint simulated by dx/dt = E[v | x, t] (sampler marginal);
+- momentum bridge, DMSB stages: the same model trained as DMSB alternates its policies: a quarter of the steps on
+  OT chains, then 3 stages, each simulating one policy from the data at its end, OT-projecting every simulated
+  snapshot onto the data and fitting the other policy on those chains (stages 3); "+ Langevin" also samples the
+  starting velocity by 20 Langevin steps with a learned velocity score (langevin_steps 20);
 - momentum spline FM: dynamics momentum, sigma 0 (flow matching on cubic splines through the coupled points);
 - first-order bridge: dynamics first_order, sigma 0.1 (an overdamped multi-marginal SB matching);
 - OT-CFM: dynamics first_order, sigma 0, sigma_min 0.1 (minibatch-OT flow matching, piecewise-linear paths).
@@ -35,10 +39,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {  # name: (dynamics, sigma, sigma_min[, test-time sampler, the model whose checkpoint it tests])
     "momentum bridge": ("momentum", 0.1, 0.0),
     "momentum bridge, marginal ODE": ("momentum", 0.1, 0.0, "marginal", "momentum bridge"),
+    "momentum bridge, DMSB stages": ("momentum", 0.1, 0.0),
+    "momentum bridge, DMSB stages + Langevin": ("momentum", 0.1, 0.0),
     "momentum spline FM": ("momentum", 0.0, 0.0),
     "first-order bridge": ("first_order", 0.1, 0.0),
     "OT-CFM": ("first_order", 0.0, 0.1),
 }
+STAGES = 3  # the stage rows: stage 0 on OT chains, then 3 alternating stages, each a quarter of the steps
+
+
+def model_args(model: str, steps: int) -> list[str]:
+    """The CLI options of a row beyond dynamics and noise (the stage rows')."""
+    if "DMSB stages" not in model:
+        return []
+    args = ["--model.init_args.stages", str(STAGES), "--model.init_args.stage_steps", str(steps // (STAGES + 1))]
+    return args + (["--model.init_args.langevin_steps", "20"] if "Langevin" in model else [])
 SETTINGS = ["petal:2", "gmm:1", "gmm:2", "eb:1", "eb:2", "eb:3"]  # dataset:held-out snapshot
 
 
@@ -65,7 +80,8 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
     args = ["--config", str(ROOT / "configs" / f"{ds}.yaml"), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--data.init_args.holdout", f"[{hold}]", "--model.init_args.dynamics", dyn,
-            "--model.init_args.sigma", str(sigma), "--model.init_args.sigma_min", str(sigma_min)]
+            "--model.init_args.sigma", str(sigma), "--model.init_args.sigma_min", str(sigma_min),
+            *model_args(model, steps)]
     if ds == "eb":
         args += ["--data.init_args.path", str(data_dir / "eb_nlsb_val_rna.npz")]
     if reuse:  # another sampler on the checkpoint of an earlier row: test only
@@ -88,6 +104,10 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
     _vsmd(["test", *args, "--ckpt_path", str(out / "run/version_0/checkpoints/last.ckpt")])
     result = json.loads((out / "run/version_1/test_metrics.json").read_text())
     result |= {"train_seconds": train_s, "figure": str(out / "run/version_1/test_trajectories.png")}
+    if "DMSB stages" in model:  # the stage history: simulation seconds and how far each pool was from the data
+        import torch
+        ckpt = torch.load(out / "run/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+        result["stage_history"] = ckpt["vsmd_trajectory"]["stage_history"]
     cached.write_text(json.dumps(result))
     return result
 

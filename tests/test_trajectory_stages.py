@@ -54,6 +54,35 @@ def test_forward_and_backward_drifts_satisfy_nelsons_relation():
     torch.testing.assert_close(a_f - a_b, score_v, atol=1e-7, rtol=1e-7)
 
 
+def test_the_exact_backward_drift_simulated_from_the_last_pin_is_the_bridge_backwards():
+    """Monte Carlo of the reversed bridge's pinned SDE (its closed-form drift on the mirrored clock, started from its
+    law at the last pin with the velocity negated): the paths hit every pin, and at t = 2.2 x has the forward
+    bridge's mean and sd."""
+    from vsmd.diffusion.trajectory import simulate
+    sigma, n = 0.5, 4000
+    pins = torch.tensor([0.0, 1.0, 1.5, 3.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 2.0, 1.0, -1.0], dtype=torch.float64)
+    bridge = MultiMarginalBridge(pins, "momentum", sigma)
+    rev = bridge.reversed()
+    gen = torch.Generator().manual_seed(0)
+    W, S = spline_kriging(rev.times, rev.times[:1])
+    w0 = W[0, 1] @ y.flip(0) + sigma * S[0, 1, 1].sqrt() * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+
+    def drift(x, w, s):
+        G, cx, cv = momentum_drift_weights(rev.times, s[:1])
+        return G[0] @ y.flip(0) - cx[0] * x - cv[0] * w
+    grid = torch.linspace(0, 3, 3001, dtype=torch.float64)
+    xs, _ = simulate(drift, torch.full((n, 1), -1.0, dtype=torch.float64), w0, grid, sigma, gen)
+    for tp, yp in zip(pins[:-1], y[:-1]):
+        at = xs[int((grid - bridge.mirror(tp)).abs().argmin())]
+        assert abs(float(at.mean()) - float(yp)) < 0.03 and float(at.std()) < 0.08
+    x_b = bridge.sample(y.expand(n, -1)[..., None], torch.full((n,), 2.2, dtype=torch.float64),
+                        torch.Generator().manual_seed(1))[0]
+    at = xs[int((grid - bridge.mirror(2.2)).abs().argmin())]
+    assert abs(float(at.mean()) - float(x_b.mean())) < 0.04
+    assert abs(float(at.std()) / float(x_b.std()) - 1) < 0.06
+
+
 def test_velocity_noise_is_the_noise_of_v_given_x():
     """v - E[v | x, chain] = scale * eps exactly, with E[v | x] from the kriging covariance (S_vx / S_xx) and scale
     the bridge's velocity_spread at that time."""
@@ -73,12 +102,11 @@ def test_velocity_noise_is_the_noise_of_v_given_x():
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_langevin_with_the_exact_score_samples_the_ula_stationary_law(ratio):
-    """Target N(m, tau^2), the network's scale = ratio * tau, exact eps = scale (v - m) / tau^2, started far away:
-    the chains reach ULA's stationary law, mean m and variance 2 tau^2 / (2 - eta ratio^2)."""
+    """Target N(m, tau^2) with its exact score, the step's sd = ratio * tau, started far away: the chains reach
+    ULA's stationary law, mean m and variance 2 tau^2 / (2 - eta ratio^2)."""
     n, m, tau, eta = 20_000, 1.5, 0.8, 0.05
-    scale = ratio * tau
     v0 = torch.full((n, 1), -3.0, dtype=torch.float64)
-    v = langevin_velocity(lambda u: scale * (u - m) / tau ** 2, v0, scale, steps=int(40 / (eta * ratio ** 2)),
+    v = langevin_velocity(lambda u: -(u - m) / tau ** 2, v0, ratio * tau, steps=int(40 / (eta * ratio ** 2)),
                           eta=eta, generator=torch.Generator().manual_seed(3))
     sd = math.sqrt(2 * tau ** 2 / (2 - eta * ratio ** 2))
     assert abs(float(v.mean()) - m) < 4 * sd / math.sqrt(n)
@@ -160,3 +188,15 @@ def test_max_steps_before_the_last_stage_is_a_clear_error(tmp_path):
     dm = TrajectoryDataModule("petal", n_per_snapshot=50, batch_size=16)
     with pytest.raises(ValueError, match="ends before the last stage starts"):
         _fit(_small(), dm, 18, tmp_path)
+
+
+def test_the_first_order_bridge_runs_stages_too(tmp_path):
+    """The overdamped baseline alternates the same way (no velocity): the pool at stage 1 holds the data."""
+    dm = TrajectoryDataModule("gmm", n_per_snapshot=60, batch_size=16)
+    torch.manual_seed(0)
+    model = TrajectoryBridge(dynamics="first_order", hidden=16, depth=1, sample_steps=12, stages=1, stage_steps=4,
+                             pool_size=60)
+    _fit(model, dm, 6, tmp_path)
+    assert [h["simulated"] for h in model.stage_history] == ["backward"]
+    snaps = dm.snapshots("train")
+    torch.testing.assert_close(model.pool[:, 0].sort(0).values, snaps.points[0].sort(0).values)

@@ -253,19 +253,20 @@ class MultiMarginalBridge:
 
 
 @torch.no_grad()
-def langevin_velocity(eps: Callable[[Tensor], Tensor], v: Tensor, scale: Tensor | float, steps: int,
+def langevin_velocity(score: Callable[[Tensor], Tensor], v: Tensor, step_sd: Tensor | float, steps: int,
                       eta: float = 0.05, generator: torch.Generator | None = None) -> Tensor:
-    """Unadjusted Langevin dynamics in the velocity, the position held: v <- v + delta grad_v log p + sqrt(2 delta)
-    xi with the score -eps(v) / scale and the step delta = eta scale^2 (``scale`` (B,) or a number: the velocity's
-    conditional sd under one bridge, the network's noise scale). On a Gaussian of sd scale its stationary sd is
-    scale / sqrt(1 - eta / 2) (ULA's bias: 1.3% at eta 0.05)."""
+    """Unadjusted Langevin dynamics in the velocity, the position held: v <- v + delta score(v) + sqrt(2 delta) xi
+    with delta = eta step_sd^2 (``step_sd`` (B, d), (B,) or a number: about the sd of v given x, so that a step
+    moves a fixed fraction of the law's width). On a Gaussian of that sd the stationary sd is
+    step_sd / sqrt(1 - eta / 2) (ULA's bias: 1.3% at eta 0.05)."""
     if steps < 0 or not 0 < eta < 2:
         raise ValueError(f"need langevin steps >= 0 and 0 < eta < 2, got {steps} and {eta}")
-    scale = torch.as_tensor(scale, dtype=v.dtype, device=v.device)
-    scale = scale[:, None] if scale.dim() == 1 else scale
+    step_sd = torch.as_tensor(step_sd, dtype=v.dtype, device=v.device)
+    step_sd = step_sd[:, None] if step_sd.dim() == 1 else step_sd
+    delta = eta * step_sd ** 2
     for _ in range(steps):
         xi = torch.randn(v.shape, generator=generator).to(v)
-        v = v - eta * scale * eps(v) + math.sqrt(2 * eta) * scale * xi
+        v = v + delta * score(v) + (2 * delta).sqrt() * xi
     return v
 
 

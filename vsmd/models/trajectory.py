@@ -175,16 +175,19 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def start_velocity(self, x: Tensor, t: float, generator: torch.Generator) -> Tensor:
         """The velocity at a snapshot at time t given positions x: E[v | x, t] plus the bridge's conditional spread,
-        refined by ``langevin_steps`` of Langevin dynamics with the learned velocity score when there is one."""
-        vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
+        then (with a velocity score) ``langevin_steps`` of Langevin dynamics in v with the learned score
+        -eps(x, v, t) / spread, steps scaled by the spread (the score varies on that scale)."""
+        def ema(net, avg):
+            return avg.module if avg is not None else net
+
         c = self._c(torch.full((len(x),), t, device=x.device))
         spread = self.bridge.velocity_spread(t)
-        v = vnet(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
-        if self.snet is not None and self.hparams.langevin_steps > 0:
-            snet = self.snet_ema.module if self.snet_ema is not None else self.snet
-            v = langevin_velocity(lambda u: snet(torch.cat([x, u], 1), c), v, spread, self.hparams.langevin_steps,
-                                  self.hparams.langevin_eta, generator)
-        return v
+        v = ema(self.vnet, self.vnet_ema)(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
+        if self.snet is None or self.hparams.langevin_steps == 0:
+            return v
+        snet = ema(self.snet, self.snet_ema)
+        return langevin_velocity(lambda u: -snet(torch.cat([x, u], 1), c) / spread, v, spread,
+                                 self.hparams.langevin_steps, self.hparams.langevin_eta, generator)
 
     @torch.no_grad()
     def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
