@@ -9,13 +9,15 @@ and noise changed, and ``vsmd test`` scores the last checkpoint (test_metrics.js
 - momentum bridge, marginal ODE: the same checkpoint simulated by dx/dt = E[v | x, t] (sampler marginal);
 - momentum bridge, DMSB stages: the same model trained as DMSB alternates its policies: a quarter of the steps on
   OT chains, then 3 stages, each simulating one policy from the data at its end, OT-projecting every simulated
-  snapshot onto the data and fitting the other policy on those chains (stages 3); "+ Langevin" also samples the
-  starting velocity by 20 Langevin steps with a learned velocity score (langevin_steps 20);
+  snapshot onto the data and fitting the other policy on those chains (stages 3). The velocity at the start of
+  each simulation: E[v | x] plus one bridge's spread (the default); "+ Langevin": then 20 Langevin steps with a
+  learned velocity score (langevin_steps 20); "+ velocity flow": drawn from a conditional flow of v given x
+  (velocity_flow_steps 20);
 - momentum spline FM: dynamics momentum, sigma 0 (flow matching on cubic splines through the coupled points);
 - first-order bridge: dynamics first_order, sigma 0.1 (an overdamped multi-marginal SB matching);
 - OT-CFM: dynamics first_order, sigma 0, sigma_min 0.1 (minibatch-OT flow matching, piecewise-linear paths).
 
-Writes benchmarks/results/trajectory.md, trajectory.json and trajectory.png.
+Writes benchmarks/results/trajectory.md, trajectory.json and trajectory.png (--name changes the stem).
 
     python benchmarks/trajectory.py --data-dir ../shared/data --jobs 2  # about an hour on 2 cores
     python benchmarks/trajectory.py --steps 50 --only petal:2 --out /tmp/smoke   # a smoke run
@@ -41,6 +43,7 @@ MODELS = {  # name: (dynamics, sigma, sigma_min[, test-time sampler, the model w
     "momentum bridge, marginal ODE": ("momentum", 0.1, 0.0, "marginal", "momentum bridge"),
     "momentum bridge, DMSB stages": ("momentum", 0.1, 0.0),
     "momentum bridge, DMSB stages + Langevin": ("momentum", 0.1, 0.0),
+    "momentum bridge, DMSB stages + velocity flow": ("momentum", 0.1, 0.0),
     "momentum spline FM": ("momentum", 0.0, 0.0),
     "first-order bridge": ("first_order", 0.1, 0.0),
     "OT-CFM": ("first_order", 0.0, 0.1),
@@ -53,7 +56,8 @@ def model_args(model: str, steps: int) -> list[str]:
     if "DMSB stages" not in model:
         return []
     args = ["--model.init_args.stages", str(STAGES), "--model.init_args.stage_steps", str(steps // (STAGES + 1))]
-    return args + (["--model.init_args.langevin_steps", "20"] if "Langevin" in model else [])
+    args += ["--model.init_args.langevin_steps", "20"] if "Langevin" in model else []
+    return args + (["--model.init_args.velocity_flow_steps", "20"] if "velocity flow" in model else [])
 SETTINGS = ["petal:2", "gmm:1", "gmm:2", "eb:1", "eb:2", "eb:3"]  # dataset:held-out snapshot
 
 
@@ -142,8 +146,21 @@ def synthetic_100d(n: int = 3000, steps: int = 50, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     model.trajectories(sets[0], times, steps=100)
     sample_s = time.perf_counter() - t0
+    # one stage's pool at this shape: simulate n paths through the 5 pins, OT-project each simulated snapshot
+    from vsmd.diffusion.trajectory import ot_project
+    t0 = time.perf_counter()
+    chain = model.simulate_pins("forward", sets[0], g, steps=100)
+    project_s = time.perf_counter()
+    for k in range(1, len(times)):
+        chain[:, k] = ot_project(chain[:, k], sets[k], g)
+    project_s, pool_s = time.perf_counter() - project_s, time.perf_counter() - t0
+    pool_mib = chain.numel() * 4 / 2 ** 20
+    # what DMSB caches per stage at its EB settings: 4000 paths x 400 steps of (x, v), the policy and the label
+    dmsb_mib = 4000 * 400 * (2 * d + d + d) * 4 / 2 ** 20
     return {"points_per_snapshot": n, "dim": d, "train_step_seconds": float(np.median(per)),
-            "sample_seconds": sample_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "sample_seconds": sample_s, "pool_seconds": pool_s, "pool_projection_seconds": project_s,
+            "pool_mib": pool_mib, "dmsb_cache_mib": dmsb_mib,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def figure(results: dict, path: Path) -> None:
@@ -151,7 +168,8 @@ def figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [ds for ds in ("petal:2", "gmm:2") if (ds, "momentum bridge") in results]
-    cols = [m for m in ("momentum bridge", "momentum bridge, marginal ODE", "OT-CFM")
+    cols = [m for m in ("momentum bridge", "momentum bridge, marginal ODE",
+                        "momentum bridge, DMSB stages + velocity flow", "OT-CFM")
             if rows and (rows[0], m) in results]
     if not rows or not cols:
         return
@@ -175,9 +193,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=SETTINGS, help="dataset:held-out settings")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vsmd-bench-trajectory"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--name", default="trajectory", help="the files written: NAME.md, NAME.json, NAME.png")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
+                    help=f"rows to run (default all: {', '.join(MODELS)})")
     args = ap.parse_args()
-    keys = [(setting, model) for setting in args.only for model in MODELS]
+    keys = [(setting, model) for setting in args.only for model in MODELS if model in args.models]
 
     def one(key):
         print(f"=== {key[0]} {key[1]}", flush=True)
@@ -188,15 +209,15 @@ def main() -> None:
         for group in ([k for k in keys if len(MODELS[k[1]]) == 3], [k for k in keys if len(MODELS[k[1]]) > 3]):
             results |= dict(zip(group, pool.map(one, group)))
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(results, args.out / "trajectory.png")
+    figure(results, args.out / f"{args.name}.png")
     torch_threads = os.environ.get("OMP_NUM_THREADS")
     synth = synthetic_100d()
     rows = [{"setting": s, "model": m} | r for (s, m), r in results.items()]
-    (args.out / "trajectory.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "synthetic_100d": synth},
+    (args.out / f"{args.name}.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "synthetic_100d": synth},
                                                          indent=1) + "\n")
     lines = ["# Trajectory inference: momentum bridge against first-order bridge and OT-CFM (issue 14)", "",
-             f"Command: `python benchmarks/trajectory.py --data-dir ../shared/data"
-             f"{'' if args.steps == 2000 else f' --steps {args.steps}'}`. {args.steps} training steps each through "
+             f"Command: `python benchmarks/trajectory.py {' '.join(sys.argv[1:])}`. {args.steps} training steps each "
+             "through "
              "`vsmd fit` (the configs' MLP, batch and lr), `vsmd test` on the last checkpoint, one seed. The paths "
              "start from the first test snapshot. W1 is exact (POT); MMD: Gaussian kernels at 0.25..4 times the "
              "real set's median distance; sliced W1: 500 directions; acceleration: E|x''|^2 along the simulated "
@@ -206,14 +227,14 @@ def main() -> None:
              ""]
     for setting in args.only:
         ds, hold = setting.split(":")
-        r0 = results[(setting, next(iter(MODELS)))]
+        r0 = next(r for (s_, _), r in results.items() if s_ == setting)
         obs = [k for k in range(1, len(r0["snapshot_times"])) if k != int(hold)]
         lines += [f"## {ds}, snapshot {hold} (t = {r0['snapshot_times'][int(hold)]:g}) held out", "",
                   "| model | W1 held out | MMD held out | sliced W1 held out | "
                   f"W1 observed (t{', t'.join(map(str, obs))}) "
                   "| acceleration | NFE | train s | sample s |", "|---|---|---|---|---|---|---|---|---|"]
         tag = f"holdout_t{hold}"
-        for model in MODELS:
+        for model in [m_ for m_ in MODELS if (setting, m_) in results]:
             m = results[(setting, model)]["metrics"]
             r = results[(setting, model)]
             lines.append(f"| {model} | {m['w1_' + tag]:.3f} | {m['mmd_' + tag]:.4f} | {m['sliced_w1_' + tag]:.3f} | "
@@ -228,14 +249,40 @@ def main() -> None:
                       f"{m['baseline_ot_interp_w1_' + tag]:.3f} | {m['baseline_ot_interp_mmd_' + tag]:.4f} | "
                       f"{m['baseline_ot_interp_sliced_w1_' + tag]:.3f} | - | - | - | - | - |"]
         lines.append("")
+    staged = [(k, r) for k, r in results.items() if r.get("stage_history")]
+    if staged:
+        lines += ["## The DMSB stages", "",
+                  f"Each stage row trains {args.steps // (STAGES + 1)} steps on OT chains (stage 0), then {STAGES} "
+                  "stages of as many steps. A stage simulates one policy from the data at its own end through every "
+                  "training snapshot (1000 paths), moves each simulated snapshot onto the data by exact OT, and fits "
+                  "the other policy on those chains. The rms shift is the root mean square distance each simulated "
+                  "point moved in that projection (0 at the start), a measure of how far the simulating policy's "
+                  "marginal was from the data there (lower is better). Seconds: the simulation and the projection, "
+                  "per stage.", "",
+                  "| setting | row | stage | simulated | fitted | rms shift per training snapshot | s |",
+                  "|---|---|---|---|---|---|---|"]
+        for (setting, model), r in staged:
+            for h in r["stage_history"]:
+                lines.append(f"| {setting} | {model.replace('momentum bridge, ', '')} | {h['stage']} | "
+                             f"{h['simulated']} | {', '.join(h['fits'])} | "
+                             f"{', '.join(format(m, '.2f') for m in h['rms_projection_shift'])} | "
+                             f"{h['seconds']:.1f} |")
+        lines.append("")
     lines += ["## Time and memory at the EB shape (synthetic, 100-D)", "",
               f"5 snapshots of {synth['points_per_snapshot']} points in {synth['dim']}-D, the momentum bridge with "
               f"the eb config's MLP (threads: {torch_threads or 'all'}): {synth['train_step_seconds']:.3f} s per "
               "training step "
               f"(batch 256 per snapshot, OT chaining included), {synth['sample_seconds']:.1f} s to simulate "
               f"{synth['points_per_snapshot']} paths over 100 steps, peak memory {synth['peak_rss_mib']:.0f} MiB "
-              "(the benchmark process).", "", "![trajectories](trajectory.png)", ""]
-    (args.out / "trajectory.md").write_text("\n".join(lines))
+              "(the benchmark process).", "",
+              f"One stage's pool at this shape: {synth['pool_seconds']:.1f} s ({synth['pool_projection_seconds']:.1f} s "
+              f"of it the exact OT projections, {synth['points_per_snapshot']} x {synth['points_per_snapshot']} per "
+              f"snapshot), held in {synth['pool_mib']:.1f} MiB: the chains' points at the snapshots only, because the "
+              "paths between them are the closed-form pinned bridge. DMSB caches whole simulated trajectories "
+              "instead: at its EB settings (4000 paths, 400 steps, the state (x, v), the policy's output and the "
+              f"label) {synth['dmsb_cache_mib']:.0f} MiB per simulation, simulated afresh every 1000 (2000 in its "
+              "README's runs) iterations.", "", f"![trajectories]({args.name}.png)", ""]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -140,7 +140,8 @@ def test_stage_plan_alternates_and_the_schedule_follows_the_steps():
     assert model.stage_plan(2) == ("forward", ("backward",))
     assert [model.stage_at(s) for s in (0, 9, 10, 29, 30, 500)] == [0, 0, 1, 2, 3, 3]
     for bad in (dict(stages=-1), dict(stage_steps=0), dict(pool_size=1), dict(langevin_eta=0.0),
-                dict(langevin_steps=3, dynamics="first_order"), dict(langevin_steps=3, sigma=0.0)):
+                dict(langevin_steps=3, dynamics="first_order"), dict(langevin_steps=3, sigma=0.0),
+                dict(velocity_flow_steps=4, dynamics="first_order"), dict(velocity_flow_steps=-1)):
         with pytest.raises(ValueError):
             TrajectoryBridge(**bad)
 
@@ -200,3 +201,29 @@ def test_the_first_order_bridge_runs_stages_too(tmp_path):
     assert [h["simulated"] for h in model.stage_history] == ["backward"]
     snaps = dm.snapshots("train")
     torch.testing.assert_close(model.pool[:, 0].sort(0).values, snaps.points[0].sort(0).values)
+
+
+def test_the_velocity_flow_keeps_a_bimodal_velocity_that_the_mean_collapses():
+    """Chains from a point cloud at 0 to +2 or -2 at random (as simulated chains can be): v given x at t_0 is about
+    +-2, half each. The conditional flow samples both modes; E[v | x] plus the spread gives about 0."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    model = TrajectoryBridge(data_dim=1, sigma=0.1, hidden=32, depth=2, lr=3e-3, ema_decay=0, velocity_flow_steps=20)
+    model._set_times([0.0, 1.0], [0.0, 1.0])
+    opt = model.configure_optimizers()
+    for _ in range(600):
+        x0 = 0.1 * torch.randn(256, 1, generator=g)
+        x1 = 2 * torch.sign(torch.randn(256, 1, generator=g)) + 0.1 * torch.randn(256, 1, generator=g)
+        loss, parts = model.loss(torch.stack([x0, x1], 1), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert {"drift", "velocity", "velocity_flow"} <= parts.keys()
+    x = 0.1 * torch.randn(4000, 1, generator=g)
+    with torch.no_grad():
+        v = model.start_velocity(x, 0.0, g)
+        model.fnet = None
+        v_mean = model.start_velocity(x, 0.0, g)
+    assert 0.4 < float((v > 0).float().mean()) < 0.6
+    assert abs(float(v.abs().mean()) - 2) < 0.25
+    assert float(v_mean.abs().mean()) < 0.6  # the mean collapses the two modes

@@ -65,13 +65,19 @@ class TrajectoryBridge(PhaseSpaceModule):
             velocity at the start of every simulation (stage pools, test, predict) is refined by this many steps of
             Langevin dynamics in v with the position held (DMSB's velocity sampling at a snapshot). Momentum only.
         langevin_eta: the Langevin step as a fraction of the bridge's conditional velocity variance.
+        velocity_flow_steps: if > 0, the velocity at the first and the last snapshot is drawn from the law of v given
+            x there by a conditional flow (flow matching from N(0, I), simulation-free: the pairs (x, v) are the
+            bridge's closed-form law at the end pins of each chain), integrated by Heun with this many steps; then
+            refined by Langevin if langevin_steps > 0. Once the stages' chains come from simulations, v given x is
+            broad or multimodal (chains through one point head to different places), and E[v | x] plus one bridge's
+            spread, the default, collapses it (benchmarks/results/trajectory.md measures the three). Momentum only.
     """
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
                  hidden: int = 256, depth: int = 3, lr: float = 1e-3, weight_decay: float = 0.0,
                  ema_decay: float = 0.999, sample_steps: int = 100, sampler: str = "phase", n_paths: int | None = None,
                  seed: int = 0, stages: int = 0, stage_steps: int = 1000, pool_size: int = 1000,
-                 langevin_steps: int = 0, langevin_eta: float = 0.05) -> None:
+                 langevin_steps: int = 0, langevin_eta: float = 0.05, velocity_flow_steps: int = 0) -> None:
         super().__init__()
         if dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
@@ -88,8 +94,11 @@ class TrajectoryBridge(PhaseSpaceModule):
             raise ValueError(f"need stages >= 0, stage_steps >= 1, pool_size >= 2, langevin_steps >= 0 and "
                              f"0 < langevin_eta < 2; got {stages}, {stage_steps}, {pool_size}, {langevin_steps}, "
                              f"{langevin_eta}")
-        if langevin_steps > 0 and dynamics != "momentum":
-            raise ValueError("langevin_steps samples the velocity: it is for dynamics momentum")
+        if (langevin_steps > 0 or velocity_flow_steps > 0) and dynamics != "momentum":
+            raise ValueError("langevin_steps and velocity_flow_steps sample the velocity: they are for dynamics "
+                             "momentum")
+        if velocity_flow_steps < 0:
+            raise ValueError(f"velocity_flow_steps must be >= 0, got {velocity_flow_steps}")
         if langevin_steps > 0 and not sigma > 0:
             raise ValueError("langevin_steps needs sigma > 0 (with sigma 0 the velocity given the position is a point "
                              "mass on each bridge and has no score)")
@@ -101,10 +110,13 @@ class TrajectoryBridge(PhaseSpaceModule):
         # the backward policy (the drift on the mirrored clock, velocity negated) and the velocity score (as noise)
         self.bnet = MLPScoreNet(data_dim, order, hidden, depth) if stages > 0 else None
         self.snet = MLPScoreNet(data_dim, 2, hidden, depth) if langevin_steps > 0 else None
+        # the conditional flow of v given x at the end snapshots (time input: [0, 499] at t_0, [500, 999] at t_K)
+        self.fnet = MLPScoreNet(data_dim, 2, hidden, depth) if velocity_flow_steps > 0 else None
         self.net_ema = self.make_ema(self.net, ema_decay)
         self.vnet_ema = self.make_ema(self.vnet, ema_decay) if self.vnet is not None else None
         self.bnet_ema = self.make_ema(self.bnet, ema_decay) if self.bnet is not None else None
         self.snet_ema = self.make_ema(self.snet, ema_decay) if self.snet is not None else None
+        self.fnet_ema = self.make_ema(self.fnet, ema_decay) if self.fnet is not None else None
         self.pins: list[float] | None = None  # training snapshot times (from the data, kept in the checkpoint)
         self.snapshot_times: list[float] | None = None
         self.bridge: MultiMarginalBridge | None = None
@@ -182,12 +194,45 @@ class TrajectoryBridge(PhaseSpaceModule):
 
         c = self._c(torch.full((len(x),), t, device=x.device))
         spread = self.bridge.velocity_spread(t)
-        v = ema(self.vnet, self.vnet_ema)(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
+        if self.fnet is not None and t in (self.pins[0], self.pins[-1]):
+            v = self.flow_velocity(x, t == self.pins[-1], generator)
+        else:
+            v = ema(self.vnet, self.vnet_ema)(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
         if self.snet is None or self.hparams.langevin_steps == 0:
             return v
         snet = ema(self.snet, self.snet_ema)
         return langevin_velocity(lambda u: -snet(torch.cat([x, u], 1), c) / spread, v, spread,
                                  self.hparams.langevin_steps, self.hparams.langevin_eta, generator)
+
+    def _flow_c(self, tau: Tensor, last: bool) -> Tensor:
+        return 499.0 * tau + (500.0 if last else 0.0)
+
+    @torch.no_grad()
+    def flow_velocity(self, x: Tensor, last: bool, generator: torch.Generator) -> Tensor:
+        """v given x at the first (or last) snapshot by the conditional flow: Heun from N(0, I) over tau in [0, 1]."""
+        net = self.fnet_ema.module if self.fnet_ema is not None else self.fnet
+        n = self.hparams.velocity_flow_steps
+        v = torch.randn(x.shape, generator=generator).to(x)
+        taus = torch.linspace(0, 1, n + 1).tolist()
+        for a, b in zip(taus[:-1], taus[1:]):
+            k1 = net(torch.cat([x, v], 1), self._flow_c(torch.full((len(x),), a, device=x.device), last))
+            k2 = net(torch.cat([x, v + (b - a) * k1], 1), self._flow_c(torch.full((len(x),), b, device=x.device), last))
+            v = v + (b - a) / 2 * (k1 + k2)
+        return v
+
+    def _flow_loss(self, chain: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Flow matching of v given x at both end pins: pairs from the bridge's closed-form law there (x is the
+        chain's point, v its kriging law), straight paths from N(0, I)."""
+        losses = []
+        for last, t in ((False, self.pins[0]), (True, self.pins[-1])):
+            tt = torch.full((len(chain),), t, dtype=torch.float64)
+            x, v = self.bridge.sample(chain, tt, generator)[:2]
+            z = torch.randn(v.shape, generator=generator).to(v)
+            tau = torch.rand(len(v), generator=generator).to(v)
+            v_tau = (1 - tau[:, None]) * z + tau[:, None] * v
+            pred = self.fnet(torch.cat([x, v_tau], 1), self._flow_c(tau, last))
+            losses.append((pred - (v - z)).pow(2).sum(1).mean())
+        return sum(losses) / 2
 
     @torch.no_grad()
     def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
@@ -291,6 +336,9 @@ class TrajectoryBridge(PhaseSpaceModule):
                 eps = sample[4]
                 s_loss = (self.snet(torch.cat([x, v], 1), c) - eps).pow(2).sum(1).mean()
                 total, parts["velocity_score"] = total + s_loss, float(s_loss.detach())
+            if self.fnet is not None:
+                f_loss = self._flow_loss(chain, generator)
+                total, parts["velocity_flow"] = total + f_loss, float(f_loss.detach())
         if self.bnet is not None and "backward" in fit:
             b_loss = self._drift_loss(self.bnet, self.bridge_rev, chain.flip(1), generator)[0]
             total, parts["backward_drift"] = total + b_loss, float(b_loss.detach())
@@ -314,7 +362,7 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def _nets(self) -> list[tuple[torch.nn.Module, Any]]:
         return [(n, e) for n, e in ((self.net, self.net_ema), (self.vnet, self.vnet_ema), (self.bnet, self.bnet_ema),
-                                    (self.snet, self.snet_ema)) if n is not None]
+                                    (self.snet, self.snet_ema), (self.fnet, self.fnet_ema)) if n is not None]
 
     def configure_optimizers(self):
         params = [p for net, _ in self._nets() for p in net.parameters()]
@@ -422,6 +470,7 @@ class TrajectoryBridge(PhaseSpaceModule):
                       "sigma_min": h.sigma_min, "snapshot_times": snaps.times, "holdout": dm.holdout,
                       "pins": self.pins, "nfe": nfe, "sample_steps": h.sample_steps, "n_paths": len(x0),
                       "sampling_seconds": wall, "trained_steps": max(self.trained_steps, self.global_step),
+                      "stages": h.get("stages", 0), "stage_history": self.stage_history,
                       "metric_notes": {"w1": "exact W1, Euclidean cost (POT)",
                                        "mmd": "sqrt of the biased MMD^2, Gaussian kernels at 0.25..4 x the real "
                                               "set's median distance",
