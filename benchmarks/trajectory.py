@@ -21,6 +21,7 @@ Writes benchmarks/results/trajectory.md, trajectory.json and trajectory.png (--n
 
     python benchmarks/trajectory.py --data-dir ../shared/data --jobs 2  # about an hour on 2 cores
     python benchmarks/trajectory.py --steps 50 --only petal:2 --out /tmp/smoke   # a smoke run
+    python benchmarks/trajectory.py --data-dir ../shared/data --seeds 0 1 2 --name trajectory_seeds  # mean and sd
 """
 
 from __future__ import annotations
@@ -69,14 +70,15 @@ def _vsmd(args: list[str]) -> None:
         raise RuntimeError(f"vsmd {' '.join(args)} failed:\n{res.stderr[-3000:]}")
 
 
-def run_dir(setting: str, model: str, work: Path) -> Path:
+def run_dir(setting: str, model: str, work: Path, seed: int = 0) -> Path:
     ds, hold = setting.split(":")
-    return work / f"{ds}_{hold}_{model.replace(' ', '_').replace(',', '')}"
+    return work / f"{ds}_{hold}_{model.replace(' ', '_').replace(',', '')}{f'_s{seed}' if seed else ''}"
 
 
-def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) -> dict:
+def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path, seed: int = 0) -> dict:
+    """One row: fit and test (the data stay the seed-0 draw; ``seed`` seeds the networks and the training stream)."""
     ds, hold = setting.split(":")
-    out = run_dir(setting, model, work)
+    out = run_dir(setting, model, work, seed)
     cached = out / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -85,13 +87,13 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path) ->
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--data.init_args.holdout", f"[{hold}]", "--model.init_args.dynamics", dyn,
             "--model.init_args.sigma", str(sigma), "--model.init_args.sigma_min", str(sigma_min),
-            *model_args(model, steps)]
+            *model_args(model, steps)] + (["--seed_everything", str(seed)] if seed else [])
     if ds == "eb":
         args += ["--data.init_args.path", str(data_dir / "eb_nlsb_val_rna.npz")]
     if reuse:  # another sampler on the checkpoint of an earlier row: test only
         sampler, base = reuse
-        base_result = run_one(setting, base, steps, work, data_dir)
-        ckpt = run_dir(setting, base, work) / "run/version_0/checkpoints/last.ckpt"
+        base_result = run_one(setting, base, steps, work, data_dir, seed)
+        ckpt = run_dir(setting, base, work, seed) / "run/version_0/checkpoints/last.ckpt"
         if out.exists():
             shutil.rmtree(out)
         _vsmd(["test", *args, "--model.init_args.sampler", sampler, "--ckpt_path", str(ckpt)])
@@ -197,28 +199,33 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
                     help=f"rows to run (default all: {', '.join(MODELS)})")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="seeds of the networks (the tables give the "
+                    "mean and the sd over them; the data are the same)")
     args = ap.parse_args()
-    keys = [(setting, model) for setting in args.only for model in MODELS if model in args.models]
+    keys = [(setting, model, seed) for setting in args.only for model in MODELS if model in args.models
+            for seed in args.seeds]
 
     def one(key):
-        print(f"=== {key[0]} {key[1]}", flush=True)
-        return run_one(*key, args.steps, args.work, args.data_dir)
+        print(f"=== {key[0]} {key[1]} seed {key[2]}", flush=True)
+        return run_one(key[0], key[1], args.steps, args.work, args.data_dir, key[2])
 
     results = {}
     with ThreadPoolExecutor(args.jobs) as pool:  # the fits first, then the rows that test their checkpoints
         for group in ([k for k in keys if len(MODELS[k[1]]) == 3], [k for k in keys if len(MODELS[k[1]]) > 3]):
             results |= dict(zip(group, pool.map(one, group)))
     args.out.mkdir(parents=True, exist_ok=True)
+    runs, results = results, {(s_, m_): r for (s_, m_, sd), r in results.items() if sd == args.seeds[0]}
     figure(results, args.out / f"{args.name}.png")
     torch_threads = os.environ.get("OMP_NUM_THREADS")
     synth = synthetic_100d()
-    rows = [{"setting": s, "model": m} | r for (s, m), r in results.items()]
+    rows = [{"setting": s, "model": m, "seed": sd} | r for (s, m, sd), r in runs.items()]
     (args.out / f"{args.name}.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "synthetic_100d": synth},
                                                          indent=1) + "\n")
     lines = ["# Trajectory inference: momentum bridge against first-order bridge and OT-CFM (issue 14)", "",
              f"Command: `python benchmarks/trajectory.py {' '.join(sys.argv[1:])}`. {args.steps} training steps each "
              "through "
-             "`vsmd fit` (the configs' MLP, batch and lr), `vsmd test` on the last checkpoint, one seed. The paths "
+             "`vsmd fit` (the configs' MLP, batch and lr), `vsmd test` on the last checkpoint; "
+             f"{'one seed' if len(args.seeds) == 1 else f'seeds {args.seeds} of the networks (mean, and ± the sd over seeds; the other columns are means)'}. The paths "
              "start from the first test snapshot. W1 is exact (POT); MMD: Gaussian kernels at 0.25..4 times the "
              "real set's median distance; sliced W1: 500 directions; acceleration: E|x''|^2 along the simulated "
              "paths (lower is smoother). Toys: fresh test draws of 1000 points per snapshot, in the data's "
@@ -235,12 +242,17 @@ def main() -> None:
                   "| acceleration | NFE | train s | sample s |", "|---|---|---|---|---|---|---|---|---|"]
         tag = f"holdout_t{hold}"
         for model in [m_ for m_ in MODELS if (setting, m_) in results]:
-            m = results[(setting, model)]["metrics"]
-            r = results[(setting, model)]
-            lines.append(f"| {model} | {m['w1_' + tag]:.3f} | {m['mmd_' + tag]:.4f} | {m['sliced_w1_' + tag]:.3f} | "
-                         f"{', '.join(format(m['w1_t' + str(k)], '.3f') for k in obs)} | "
-                         f"{m['mean_squared_acceleration']:.3g} | "
-                         f"{r['nfe']} | {r['train_seconds']:.0f} | {r['sampling_seconds']:.2f} |")
+            rs = [runs[(setting, model, sd)] for sd in args.seeds]
+
+            def avg(key, fmt, spread=False):
+                vals = [r["metrics"][key] if key in r["metrics"] else r[key] for r in rs]
+                text = format(float(np.mean(vals)), fmt)
+                return text + (f" ± {float(np.std(vals, ddof=1)):{fmt}}" if spread and len(vals) > 1 else "")
+            lines.append(f"| {model} | {avg('w1_' + tag, '.3f', True)} | {avg('mmd_' + tag, '.4f', True)} | "
+                         f"{avg('sliced_w1_' + tag, '.3f', True)} | "
+                         f"{', '.join(avg('w1_t' + str(k), '.3f') for k in obs)} | "
+                         f"{avg('mean_squared_acceleration', '.3g')} | "
+                         f"{rs[0]['nfe']} | {avg('train_seconds', '.0f')} | {avg('sampling_seconds', '.2f')} |")
         m = r0["metrics"]
         lines += [f"| nothing moves (snapshot {int(hold) - 1}) | {m['baseline_w1_' + tag]:.3f} | "
                   f"{m['baseline_mmd_' + tag]:.4f} | {m['baseline_sliced_w1_' + tag]:.3f} | - | - | - | - | - |"]
