@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps({"steps": args.steps, "rows": rows, "synthetic_100d": synth},
                                                          indent=1) + "\n")
     lines = ["# Trajectory inference: momentum bridge against first-order bridge and OT-CFM (issue 14)", "",
-             f"Command: `python benchmarks/trajectory.py {' '.join(sys.argv[1:])}`. {args.steps} training steps each "
+             f"Command: `python benchmarks/trajectory.py {shlex.join(sys.argv[1:])}`. {args.steps} training steps each "
              "through "
              "`vsmd fit` (the configs' MLP, batch and lr), `vsmd test` on the last checkpoint; "
              f"{'one seed' if len(args.seeds) == 1 else f'seeds {args.seeds} of the networks (mean, and ± the sd over seeds; the other columns are means)'}. The paths "
