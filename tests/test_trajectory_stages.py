@@ -227,3 +227,22 @@ def test_the_velocity_flow_keeps_a_bimodal_velocity_that_the_mean_collapses():
     assert 0.4 < float((v > 0).float().mean()) < 0.6
     assert abs(float(v.abs().mean()) - 2) < 0.25
     assert float(v_mean.abs().mean()) < 0.6  # the mean collapses the two modes
+
+
+@pytest.mark.slow
+def test_stages_through_the_cli(tmp_path, monkeypatch):
+    """vsmd fit with a stage and the velocity flow, then vsmd test: the report carries the stage history."""
+    import json
+    from pathlib import Path
+
+    from vsmd.cli import main
+    monkeypatch.chdir(tmp_path)
+    common = ["--config", str(Path(__file__).parents[1] / "configs/gmm.yaml"), "--trainer.enable_progress_bar",
+              "false", "--data.init_args.n_per_snapshot", "100", "--model.init_args.hidden", "16",
+              "--model.init_args.sample_steps", "12", "--model.init_args.stages", "1", "--model.init_args.stage_steps",
+              "8", "--model.init_args.pool_size", "100", "--model.init_args.velocity_flow_steps", "4"]
+    main(["fit", *common, "--trainer.max_steps", "12"])
+    main(["test", *common, "--ckpt_path", "runs/gmm/version_0/checkpoints/last.ckpt"])
+    report = json.loads((tmp_path / "runs/gmm/version_1/test_metrics.json").read_text())
+    assert report["stages"] == 1 and [h["stage"] for h in report["stage_history"]] == [1]
+    assert report["stage_history"][0]["step"] == 8 and report["stage_history"][0]["simulated"] == "backward"
