@@ -234,6 +234,12 @@ class TrajectoryBridge(PhaseSpaceModule):
             losses.append((pred - (v - z)).pow(2).sum(1).mean())
         return sum(losses) / 2
 
+    def _drift(self, policy):
+        """The simulator's drift(x, v, t) of a policy network (v is None for first-order dynamics)."""
+        if self.momentum:
+            return lambda x, v, t: policy(torch.cat([x, v], 1), self._c(t))
+        return lambda x, v, t: policy(x, self._c(t))
+
     @torch.no_grad()
     def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
                       steps: int | None = None) -> Tensor:
@@ -243,19 +249,12 @@ class TrajectoryBridge(PhaseSpaceModule):
         grid = time_grid(bridge.times.tolist(), steps or self.hparams.sample_steps)
         policy = self._policy(direction)
         x0 = x_start.to(self.device).float()
+        v0 = None
         if self.momentum:
             t_start = self.pins[0] if direction == "forward" else self.pins[-1]
             v0 = self.start_velocity(x0, t_start, generator)
             v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
-
-            def drift(x, v, t):
-                return policy(torch.cat([x, v], 1), self._c(t))
-        else:
-            v0 = None
-
-            def drift(x, v, t):
-                return policy(x, self._c(t))
-        xs, _ = simulate(drift, x0, v0, grid.to(torch.float32), self.hparams.sigma, generator)
+        xs, _ = simulate(self._drift(policy), x0, v0, grid.to(torch.float32), self.hparams.sigma, generator)
         at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
         chain = xs[at].transpose(0, 1)
         return chain if direction == "forward" else chain.flip(1)
@@ -400,17 +399,8 @@ class TrajectoryBridge(PhaseSpaceModule):
                 k2 = vnet(x + (b - a) * k1, self._c(torch.full((len(x),), b, device=x.device)))
                 xs.append(x + (b - a) / 2 * (k1 + k2))
             return torch.stack(xs), grid, 2 * (len(grid) - 1)
-        if self.momentum:
-            v0 = self.start_velocity(x0, lo, gen)
-
-            def drift(x, v, t):
-                return net(torch.cat([x, v], 1), self._c(t))
-        else:
-            v0 = None
-
-            def drift(x, v, t):
-                return net(x, self._c(t))
-        xs, _ = simulate(drift, x0, v0, grid.to(torch.float32), self.hparams.sigma, gen)
+        v0 = self.start_velocity(x0, lo, gen) if self.momentum else None
+        xs, _ = simulate(self._drift(net), x0, v0, grid.to(torch.float32), self.hparams.sigma, gen)
         nfe = len(grid) - 1 + (1 if self.momentum else 0)
         return xs, grid, nfe
 
