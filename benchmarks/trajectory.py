@@ -61,6 +61,8 @@ def model_args(model: str, steps: int) -> list[str]:
     args += ["--model.init_args.langevin_steps", "20"] if "Langevin" in model else []
     return args + (["--model.init_args.velocity_flow_steps", "20"] if "velocity flow" in model else [])
 SETTINGS = ["petal:2", "gmm:1", "gmm:2", "eb:1", "eb:2", "eb:3"]  # dataset:held-out snapshot
+# also "eb100:k": the EB subset in all 100 principal components, each z-scored on the training snapshots (DMSB's
+# space, except that DMSB z-scores on all cells), the eb config with pca null, whiten true, data_dim 100
 
 
 def _vsmd(args: list[str]) -> None:
@@ -84,12 +86,15 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path, se
     if cached.is_file():
         return json.loads(cached.read_text())
     dyn, sigma, sigma_min, *reuse = MODELS[model]
-    args = ["--config", str(ROOT / "configs" / f"{ds}.yaml"), "--trainer.enable_progress_bar", "false",
+    config = "eb" if ds == "eb100" else ds
+    args = ["--config", str(ROOT / "configs" / f"{config}.yaml"), "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--data.init_args.holdout", f"[{hold}]", "--model.init_args.dynamics", dyn,
             "--model.init_args.sigma", str(sigma), "--model.init_args.sigma_min", str(sigma_min),
             *model_args(model, steps)] + (["--seed_everything", str(seed)] if seed else [])
-    if ds == "eb":
+    if ds == "eb100":
+        args += ["--data.init_args.pca", "null", "--data.init_args.whiten", "true", "--model.init_args.data_dim", "100"]
+    if ds in ("eb", "eb100"):
         args += ["--data.init_args.path", str(data_dir / "eb_nlsb_val_rna.npz")]
     if reuse:  # another sampler on the checkpoint of an earlier row: test only
         sampler, base = reuse
