@@ -12,7 +12,7 @@ and noise changed, and ``vsmd test`` scores the last checkpoint (test_metrics.js
   snapshot onto the data and fitting the other policy on those chains (stages 3). The velocity at the start of
   each simulation: E[v | x] plus one bridge's spread (the default); "+ Langevin": then 20 Langevin steps with a
   learned velocity score (langevin_steps 20); "+ velocity flow": drawn from a conditional flow of v given x
-  (velocity_flow_steps 20);
+  (velocity_flow_steps 20); "DMSB 5 stages": the same with 5 stages, each a sixth of the steps;
 - momentum spline FM: dynamics momentum, sigma 0 (flow matching on cubic splines through the coupled points);
 - first-order bridge: dynamics first_order, sigma 0.1 (an overdamped multi-marginal SB matching);
 - OT-CFM: dynamics first_order, sigma 0, sigma_min 0.1 (minibatch-OT flow matching, piecewise-linear paths).
@@ -46,6 +46,7 @@ MODELS = {  # name: (dynamics, sigma, sigma_min[, test-time sampler, the model w
     "momentum bridge, DMSB stages": ("momentum", 0.1, 0.0),
     "momentum bridge, DMSB stages + Langevin": ("momentum", 0.1, 0.0),
     "momentum bridge, DMSB stages + velocity flow": ("momentum", 0.1, 0.0),
+    "momentum bridge, DMSB 5 stages + velocity flow": ("momentum", 0.1, 0.0),
     "momentum spline FM": ("momentum", 0.0, 0.0),
     "first-order bridge": ("first_order", 0.1, 0.0),
     "OT-CFM": ("first_order", 0.0, 0.1),
@@ -55,9 +56,10 @@ STAGES = 3  # the stage rows: stage 0 on OT chains, then 3 alternating stages, e
 
 def model_args(model: str, steps: int) -> list[str]:
     """The CLI options of a row beyond dynamics and noise (the stage rows')."""
-    if "DMSB stages" not in model:
+    if "DMSB" not in model:
         return []
-    args = ["--model.init_args.stages", str(STAGES), "--model.init_args.stage_steps", str(steps // (STAGES + 1))]
+    n = 5 if "5 stages" in model else STAGES
+    args = ["--model.init_args.stages", str(n), "--model.init_args.stage_steps", str(steps // (n + 1))]
     args += ["--model.init_args.langevin_steps", "20"] if "Langevin" in model else []
     return args + (["--model.init_args.velocity_flow_steps", "20"] if "velocity flow" in model else [])
 SETTINGS = ["petal:2", "gmm:1", "gmm:2", "eb:1", "eb:2", "eb:3"]  # dataset:held-out snapshot
@@ -116,7 +118,7 @@ def run_one(setting: str, model: str, steps: int, work: Path, data_dir: Path, se
     _vsmd(["test", *args, "--ckpt_path", str(out / "run/version_0/checkpoints/last.ckpt")])
     result = json.loads((out / "run/version_1/test_metrics.json").read_text())
     result |= {"train_seconds": train_s, "figure": str(out / "run/version_1/test_trajectories.png")}
-    if "DMSB stages" in model:  # the stage history: simulation seconds and how far each pool was from the data
+    if "DMSB" in model:  # the stage history: simulation seconds and how far each pool was from the data
         import torch
         ckpt = torch.load(out / "run/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
         result["stage_history"] = ckpt["vsmd_trajectory"]["stage_history"]
@@ -275,7 +277,7 @@ def main() -> None:
     if staged:
         lines += ["## The DMSB stages", "",
                   f"Each stage row trains {args.steps // (STAGES + 1)} steps on OT chains (stage 0), then {STAGES} "
-                  "stages of as many steps. A stage simulates one policy from the data at its own end through every "
+                  f"stages of as many steps (the 5-stage row: {args.steps // 6} steps each, 5 stages). A stage simulates one policy from the data at its own end through every "
                   "training snapshot (1000 paths), moves each simulated snapshot onto the data by exact OT, and fits "
                   "the other policy on those chains. The rms shift is the root mean square distance each simulated "
                   "point moved in that projection (0 at the start), a measure of how far the simulating policy's "
