@@ -23,6 +23,17 @@ from vsmd.plotting import plt, snapshot_trajectories_figure
 SAMPLERS = ("phase", "marginal")
 
 
+def _heun(field, x: Tensor, knots: list[float]) -> list[Tensor]:
+    """Heun's method for dy/ds = field(y, s) through ``knots`` from y = x; returns the states at every knot."""
+    states = [x]
+    for a, b in zip(knots[:-1], knots[1:]):
+        k1 = field(x, a)
+        k2 = field(x + (b - a) * k1, b)
+        x = x + (b - a) / 2 * (k1 + k2)
+        states.append(x)
+    return states
+
+
 class TrajectoryBridge(PhaseSpaceModule):
     """Snapshots in, trajectories out (``TrajectoryDataModule``).
 
@@ -180,27 +191,28 @@ class TrajectoryBridge(PhaseSpaceModule):
             return None, ("forward", "backward")
         return ("backward", ("forward",)) if stage % 2 else ("forward", ("backward",))
 
+    def _evaluated(self, name: str) -> torch.nn.Module:
+        """The network ``name`` as evaluation uses it: its EMA copy if it has one."""
+        ema = getattr(self, f"{name}_ema")
+        return ema.module if ema is not None else getattr(self, name)
+
     def _policy(self, direction: str):
-        net = self.net if direction == "forward" else self.bnet
-        ema = self.net_ema if direction == "forward" else self.bnet_ema
-        return ema.module if ema is not None else net
+        return self._evaluated("net" if direction == "forward" else "bnet")
 
     def start_velocity(self, x: Tensor, t: float, generator: torch.Generator) -> Tensor:
-        """The velocity at a snapshot at time t given positions x: E[v | x, t] plus the bridge's conditional spread,
-        then (with a velocity score) ``langevin_steps`` of Langevin dynamics in v with the learned score
-        -eps(x, v, t) / spread, steps scaled by the spread (the score varies on that scale)."""
-        def ema(net, avg):
-            return avg.module if avg is not None else net
-
+        """The velocity at a snapshot at time t given positions x: from the conditional flow at the first and last
+        snapshot if the model has one, else E[v | x, t] plus the bridge's conditional spread; then (with a velocity
+        score) ``langevin_steps`` of Langevin dynamics in v with the learned score -eps(x, v, t) / spread, steps
+        scaled by the spread (the score varies on that scale)."""
         c = self._c(torch.full((len(x),), t, device=x.device))
         spread = self.bridge.velocity_spread(t)
         if self.fnet is not None and t in (self.pins[0], self.pins[-1]):
             v = self.flow_velocity(x, t == self.pins[-1], generator)
         else:
-            v = ema(self.vnet, self.vnet_ema)(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
+            v = self._evaluated("vnet")(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
         if self.snet is None or self.hparams.langevin_steps == 0:
             return v
-        snet = ema(self.snet, self.snet_ema)
+        snet = self._evaluated("snet")
         return langevin_velocity(lambda u: -snet(torch.cat([x, u], 1), c) / spread, v, spread,
                                  self.hparams.langevin_steps, self.hparams.langevin_eta, generator)
 
@@ -210,15 +222,11 @@ class TrajectoryBridge(PhaseSpaceModule):
     @torch.no_grad()
     def flow_velocity(self, x: Tensor, last: bool, generator: torch.Generator) -> Tensor:
         """v given x at the first (or last) snapshot by the conditional flow: Heun from N(0, I) over tau in [0, 1]."""
-        net = self.fnet_ema.module if self.fnet_ema is not None else self.fnet
-        n = self.hparams.velocity_flow_steps
+        net = self._evaluated("fnet")
         v = torch.randn(x.shape, generator=generator).to(x)
-        taus = torch.linspace(0, 1, n + 1).tolist()
-        for a, b in zip(taus[:-1], taus[1:]):
-            k1 = net(torch.cat([x, v], 1), self._flow_c(torch.full((len(x),), a, device=x.device), last))
-            k2 = net(torch.cat([x, v + (b - a) * k1], 1), self._flow_c(torch.full((len(x),), b, device=x.device), last))
-            v = v + (b - a) / 2 * (k1 + k2)
-        return v
+        taus = torch.linspace(0, 1, self.hparams.velocity_flow_steps + 1).tolist()
+        return _heun(lambda u, s: net(torch.cat([x, u], 1), self._flow_c(torch.full((len(x),), s, device=x.device),
+                                                                          last)), v, taus)[-1]
 
     def _flow_loss(self, chain: Tensor, generator: torch.Generator | None) -> Tensor:
         """Flow matching of v given x at both end pins: pairs from the bridge's closed-form law there (x is the
@@ -273,9 +281,9 @@ class TrajectoryBridge(PhaseSpaceModule):
         x_start = end[torch.randint(len(end), (self.hparams.pool_size,), generator=gen)]
         chain = self.simulate_pins(simulated, x_start, gen)
         sim_seconds = time.perf_counter() - start
-        moved = []
+        moved, k_start = [], 0 if simulated == "forward" else chain.shape[1] - 1  # the start: data already
         for k in range(chain.shape[1]):
-            if (k == 0 and simulated == "forward") or (k == chain.shape[1] - 1 and simulated == "backward"):
+            if k == k_start:
                 moved.append(0.0)
                 continue
             projected = ot_project(chain[:, k], data[k], gen)
@@ -292,7 +300,7 @@ class TrajectoryBridge(PhaseSpaceModule):
               f"{', '.join(f'{m:.3f}' for m in moved)}; fitting the {' and '.join(fits)} policy")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        stage = self.stage_at(self.global_step) if self.hparams.stages > 0 else 0
+        stage = self.stage_at(self.global_step)
         if stage > 0 and (stage != self.pool_stage or self.pool is None):
             self.build_pool(stage)
 
@@ -387,20 +395,14 @@ class TrajectoryBridge(PhaseSpaceModule):
             raise ValueError(f"times {bad} are outside the trained span [{lo:g}, {hi:g}]; the bridge is only defined "
                              "between the first and the last training snapshot")
         gen = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
-        net = self.net_ema.module if self.net_ema is not None else self.net
-        vnet = self.vnet_ema.module if self.vnet_ema is not None else self.vnet
         grid = time_grid([lo, hi, *times], steps or self.hparams.sample_steps)
         x0 = x0.to(self.device).float()
-        if self.momentum and self.hparams.get("sampler", "phase") == "marginal":
-            xs = [x0]
-            for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):  # Heun on dx/dt = E[v | x, t]
-                x = xs[-1]
-                k1 = vnet(x, self._c(torch.full((len(x),), a, device=x.device)))
-                k2 = vnet(x + (b - a) * k1, self._c(torch.full((len(x),), b, device=x.device)))
-                xs.append(x + (b - a) / 2 * (k1 + k2))
+        if self.momentum and self.hparams.get("sampler", "phase") == "marginal":  # dx/dt = E[v | x, t]
+            vnet = self._evaluated("vnet")
+            xs = _heun(lambda x, s: vnet(x, self._c(torch.full((len(x),), s, device=x.device))), x0, grid.tolist())
             return torch.stack(xs), grid, 2 * (len(grid) - 1)
         v0 = self.start_velocity(x0, lo, gen) if self.momentum else None
-        xs, _ = simulate(self._drift(net), x0, v0, grid.to(torch.float32), self.hparams.sigma, gen)
+        xs, _ = simulate(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32), self.hparams.sigma, gen)
         nfe = len(grid) - 1 + (1 if self.momentum else 0)
         return xs, grid, nfe
 
