@@ -164,9 +164,11 @@ def _small(**kw):
 def test_stage_pools_hold_the_data_and_a_resume_mid_stage_continues_exactly(tmp_path):
     """Stages of 6 steps: each pool's simulated snapshots are exactly the data (a permutation of each training
     snapshot); the checkpoint at step 9 (inside stage 1) resumed to step 24 rebuilds nothing it had, builds stages 2
-    and 3 at steps 12 and 18, and ends with the same pool, history and weights as the run that never stopped."""
+    and 3 at steps 12 and 18, and ends with the same pool, history and weights as the run that never stopped. So
+    does the checkpoint at step 3, inside stage 0, where the batches come from the data stream: it stores the
+    position of the next batch a step receives (3), not of the one Lightning had prefetched (4)."""
     dm = TrajectoryDataModule("petal", n_per_snapshot=100, batch_size=32, holdout=[2])
-    straight = _fit(_small(), dm, 24, tmp_path / "a", every=9)
+    straight = _fit(_small(), dm, 24, tmp_path / "a", every=3)
     hist = [(h["stage"], h["step"], h["simulated"], tuple(h["fits"])) for h in straight.stage_history]
     assert hist == [(1, 6, "backward", ("forward",)), (2, 12, "forward", ("backward",)),
                     (3, 18, "backward", ("forward",))]
@@ -177,12 +179,16 @@ def test_stage_pools_hold_the_data_and_a_resume_mid_stage_continues_exactly(tmp_
             torch.testing.assert_close(straight.pool[:, k].sort(0).values[:, 0], points.sort(0).values[:, 0])
     ckpt = torch.load(tmp_path / "a" / "step=9.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["vsmd_trajectory"]["stage"] == 1 and len(ckpt["vsmd_trajectory"]["stage_history"]) == 1
-    resumed = _fit(_small(), dm, 24, tmp_path / "b", ckpt_path=tmp_path / "a" / "step=9.ckpt")
-    assert [(h["stage"], h["step"], h["simulated"]) for h in resumed.stage_history] == [h[:3] for h in hist]
-    assert resumed.stage_history[0] == straight.stage_history[0]  # stage 1 came from the checkpoint, not rebuilt
-    torch.testing.assert_close(resumed.pool, straight.pool, atol=0, rtol=0)
-    for key, value in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[key], value, atol=0, rtol=0, msg=key)
+    early = torch.load(tmp_path / "a" / "step=3.ckpt", map_location="cpu", weights_only=False)
+    assert early["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"position": 3}]
+    for step in (9, 3):
+        resumed = _fit(_small(), dm, 24, tmp_path / f"b{step}", ckpt_path=tmp_path / "a" / f"step={step}.ckpt")
+        assert [(h["stage"], h["step"], h["simulated"]) for h in resumed.stage_history] == [h[:3] for h in hist]
+        if step == 9:  # stage 1 came from the checkpoint, not rebuilt
+            assert resumed.stage_history[0] == straight.stage_history[0]
+        torch.testing.assert_close(resumed.pool, straight.pool, atol=0, rtol=0)
+        for key, value in straight.state_dict().items():
+            torch.testing.assert_close(resumed.state_dict()[key], value, atol=0, rtol=0, msg=f"{key} from {step}")
 
 
 def test_max_steps_before_the_last_stage_is_a_clear_error(tmp_path):

@@ -25,6 +25,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -192,16 +193,30 @@ def make_toy_snapshots(name: str, n: int, seed: int) -> Snapshots:
 # ------------------------------------------------------------------------------------------------------------
 class _SnapshotStream(IterableDataset):
     """Endless training batches: ``batch_size`` points drawn with replacement from each training snapshot; batch k
-    is a function of (seed, k) only, and the position is saved in checkpoints (see StreamLoader)."""
+    is a function of (seed, k) only, and the position of the next batch a step receives is saved in checkpoints
+    (see _ConsumedStreamLoader)."""
 
     def __init__(self, sets: list[Tensor], batch_size: int, seed: int) -> None:
         self.sets, self.batch_size, self.seed, self.position = sets, batch_size, seed, 0
+        self.consumed = 0  # batches handed to a training step (Lightning prefetches one beyond it)
 
     def __iter__(self):
         while True:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
             self.position += 1
             yield [s[torch.randint(len(s), (self.batch_size,), generator=gen)] for s in self.sets]
+
+
+class _ConsumedStreamLoader(DataLoader):
+    """Saves the position of the next batch a training step will receive, not of the next one the stream yields:
+    Lightning fetches one batch ahead, so a checkpoint at step s would otherwise resume at batch s + 1 and a
+    resumed run would skip one batch (the count comes from TrajectoryDataModule.on_before_batch_transfer)."""
+
+    def state_dict(self) -> dict:
+        return {"position": self.dataset.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.position = self.dataset.consumed = int(state["position"])
 
 
 class TrajectoryDataModule(pl.LightningDataModule):
@@ -242,6 +257,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.predict_times = times
         self._raw: dict[str, Snapshots] = {}
         self._transform: tuple[Tensor, Tensor] | None = None  # (mean (d,), projection (d, k)): x -> (x - m) @ P
+        self._stream: _SnapshotStream | None = None
         self._prepare()
 
     # ------------------------------------------------------------------------------------------------
@@ -309,11 +325,17 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        from vsmd.datamodules.toy import StreamLoader
         snaps = self.snapshots("train")
         sets = [snaps.points[i] for i in self.train_indices]
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        return StreamLoader(_SnapshotStream(sets, self.batch_size, self.seed + 7919 * rank), batch_size=None)
+        self._stream = _SnapshotStream(sets, self.batch_size, self.seed + 7919 * rank)
+        return _ConsumedStreamLoader(self._stream, batch_size=None)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Counts the training batches handed to the model (the position a checkpoint saves)."""
+        if self._stream is not None and self.trainer is not None and self.trainer.training:
+            self._stream.consumed += 1
+        return batch
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(torch.zeros(1)), batch_size=1)  # the model reads the snapshots itself
