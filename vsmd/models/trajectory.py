@@ -11,16 +11,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vsmd.diffusion import trajectory_time as units
 from vsmd.diffusion.trajectory import (DYNAMICS, MultiMarginalBridge, langevin_velocity, ot_chain, ot_project,
                                        simulate, time_grid)
-from vsmd.metrics import write_json
-from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, ot_interpolation, sliced_w1, w1
+from vsmd.metrics import DivergedSamplesError, sample_problem, write_json
+from vsmd.metrics.trajectory import METRIC_NOTES, mean_squared_acceleration, snapshot_metrics
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import plt, snapshot_trajectories_figure
 
 
 SAMPLERS = ("phase", "marginal")
+DIVERGED_ADVICE = ("The learned dynamics diverged: a barely trained model, too few sample_steps or a reference noise "
+                   "far larger than the data; train longer or with a lower lr, or raise sample_steps.")
 
 
 def _heun(field, x: Tensor, knots: list[float]) -> list[Tensor]:
@@ -128,7 +131,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.bnet_ema = self.make_ema(self.bnet, ema_decay) if self.bnet is not None else None
         self.snet_ema = self.make_ema(self.snet, ema_decay) if self.snet is not None else None
         self.fnet_ema = self.make_ema(self.fnet, ema_decay) if self.fnet is not None else None
-        self.pins: list[float] | None = None  # training snapshot times (from the data, kept in the checkpoint)
+        self.pins: list[float] | None = None  # training snapshot times on the internal clock (see _set_times)
+        self.data_pins, self.time_exponent = None, 0  # the same in the data's units (kept in the checkpoint)
         self.snapshot_times: list[float] | None = None
         self.bridge: MultiMarginalBridge | None = None
         self.pool: Tensor | None = None  # the current stage's chains (pool_size, K + 1, d)
@@ -138,9 +142,14 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.trained_steps = 0
 
     # ----------------------------------------------------------------------------------------------
-    def _set_times(self, pins: list[float], all_times: list[float]) -> None:
-        self.pins, self.snapshot_times = [float(t) for t in pins], [float(t) for t in all_times]
-        self.bridge = MultiMarginalBridge(self.pins, self.hparams.dynamics, self.hparams.sigma)
+    def _set_times(self, pins: list[float], all_times: list[float], exponent: int | None = None) -> None:
+        """Pins and snapshot times in the data's units; the bridge runs on the internal clock t / 10^exponent
+        (vsmd.diffusion.trajectory_time; checkpoints without one ran on the data's clock)."""
+        self.data_pins, self.snapshot_times = [float(t) for t in pins], [float(t) for t in all_times]
+        self.time_exponent = units.time_exponent(pins) if exponent is None else int(exponent)
+        self.pins = [units.to_internal(t, self.time_exponent) for t in self.data_pins]
+        sigma = units.internal_sigma(self.hparams.sigma, self.hparams.dynamics, self.time_exponent)
+        self.bridge = MultiMarginalBridge(self.pins, self.hparams.dynamics, sigma)
         self.bridge_rev = self.bridge.reversed()
 
     def _dm(self):
@@ -156,16 +165,20 @@ class TrajectoryBridge(PhaseSpaceModule):
     def on_fit_start(self) -> None:
         dm = self._dm()
         pins = [dm.times[i] for i in dm.train_indices]
-        if self.pins is not None and not np.allclose(self.pins, pins):
-            raise ValueError(f"the checkpoint was trained with snapshots at {self.pins}, the data now has {pins}")
-        self._set_times(pins, dm.times)
+        if self.pins is not None and not np.allclose(self.data_pins, pins):
+            raise ValueError(f"the checkpoint was trained with snapshots at {self.data_pins}, the data now has {pins}")
+        units.check_pin_gaps(pins)
+        self._set_times(pins, dm.times, self.time_exponent if self.pins is not None else None)
+        data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
+        units.check_noise(self.bridge, data_sd, self.hparams.sigma, self.time_exponent)
         h, max_steps = self.hparams, self.trainer.max_steps
         if h.stages > 0 and max_steps is not None and 0 < max_steps <= h.stages * h.stage_steps:
             raise ValueError(f"trainer.max_steps {max_steps} ends before the last stage starts (stage {h.stages} at "
                              f"step {h.stages * h.stage_steps}); raise max_steps, or lower stages or stage_steps")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["vsmd_trajectory"] = {"pins": self.pins, "snapshot_times": self.snapshot_times,
+        checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
+                                         "time_exponent": self.time_exponent,
                                          "stage": self.pool_stage, "pool": self.pool,
                                          "stage_history": self.stage_history}
 
@@ -173,7 +186,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.trained_steps = int(checkpoint.get("global_step", 0))
         info = checkpoint.get("vsmd_trajectory") or {}
         if info.get("pins"):
-            self._set_times(info["pins"], info["snapshot_times"])
+            self._set_times(info["pins"], info["snapshot_times"], info.get("time_exponent", 0))
         self.pool_stage, self.pool = int(info.get("stage", 0)), info.get("pool")
         self.stage_history = list(info.get("stage_history", []))
 
@@ -262,7 +275,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             t_start = self.pins[0] if direction == "forward" else self.pins[-1]
             v0 = self.start_velocity(x0, t_start, generator)
             v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
-        xs, _ = simulate(self._drift(policy), x0, v0, grid.to(torch.float32), self.hparams.sigma, generator)
+        xs, _ = simulate(self._drift(policy), x0, v0, grid.to(torch.float32), self.bridge.sigma, generator)
         at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
         chain = xs[at].transpose(0, 1)
         return chain if direction == "forward" else chain.flip(1)
@@ -385,26 +398,27 @@ class TrajectoryBridge(PhaseSpaceModule):
     @torch.no_grad()
     def trajectories(self, x0: Tensor, times: list[float], steps: int | None = None, seed: int | None = None
                      ) -> tuple[Tensor, Tensor, int]:
-        """Simulate from x0 at t_0 on a grid through ``times``; returns (x paths (N, B, d), grid (N,), NFE)."""
+        """Simulate from x0 at t_0 on a grid through ``times``; returns (x paths (N, B, d), grid (N,), NFE). Times in
+        the data's units, also the grid returned (the simulation runs on the internal clock)."""
         if self.pins is None:
             raise ValueError("the model has no snapshot times: it was never fitted (train it with vsmd fit, or pass "
                              "a checkpoint)")
-        lo, hi = self.pins[0], self.pins[-1]
-        bad = [t for t in times if not lo - 1e-9 <= t <= hi + 1e-9]
+        lo, hi = self.data_pins[0], self.data_pins[-1]
+        bad = [t for t in times if not lo - 1e-9 * (hi - lo) <= t <= hi + 1e-9 * (hi - lo)]
         if bad:
             raise ValueError(f"times {bad} are outside the trained span [{lo:g}, {hi:g}]; the bridge is only defined "
                              "between the first and the last training snapshot")
         gen = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
-        grid = time_grid([lo, hi, *times], steps or self.hparams.sample_steps)
+        lo, hi, e = self.pins[0], self.pins[-1], self.time_exponent
+        grid = time_grid([lo, hi, *(units.to_internal(t, e) for t in times)], steps or self.hparams.sample_steps)
         x0 = x0.to(self.device).float()
         if self.momentum and self.hparams.get("sampler", "phase") == "marginal":  # dx/dt = E[v | x, t]
             vnet = self._evaluated("vnet")
             xs = _heun(lambda x, s: vnet(x, self._c(torch.full((len(x),), s, device=x.device))), x0, grid.tolist())
-            return torch.stack(xs), grid, 2 * (len(grid) - 1)
+            return torch.stack(xs), units.to_data_units(grid, e), 2 * (len(grid) - 1)
         v0 = self.start_velocity(x0, lo, gen) if self.momentum else None
-        xs, _ = simulate(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32), self.hparams.sigma, gen)
-        nfe = len(grid) - 1 + (1 if self.momentum else 0)
-        return xs, grid, nfe
+        xs, _ = simulate(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32), self.bridge.sigma, gen)
+        return xs, units.to_data_units(grid, e), len(grid) - 1 + (1 if self.momentum else 0)
 
     def _at(self, xs: Tensor, grid: Tensor, t: float) -> Tensor:
         return xs[int((grid - t).abs().argmin())]
@@ -424,53 +438,18 @@ class TrajectoryBridge(PhaseSpaceModule):
         start = time.perf_counter()
         xs, grid, nfe = self.trajectories(x0, snaps.times)
         wall = time.perf_counter() - start
-        metrics: dict[str, float] = {}
-        predicted = {}
-        for k, t in enumerate(snaps.times):
-            if k == 0:
-                continue
-            gen = self._at(xs, grid, t).cpu()
-            predicted[k] = gen
-            real = snaps.points[k]
-            tag = f"holdout_t{k}" if k in dm.holdout else f"t{k}"
-            metrics[f"w1_{tag}"] = w1(gen, real)
-            metrics[f"mmd_{tag}"] = mmd(gen, real)
-            metrics[f"sliced_w1_{tag}"] = sliced_w1(gen, real)
-            if k in dm.holdout:  # "nothing moves": the last observed snapshot before it
-                ia = max(i for i in dm.train_indices if i < k)
-                ib = min(i for i in dm.train_indices if i > k)
-                prev = snaps.points[ia]
-                metrics[f"baseline_w1_{tag}"] = w1(prev, real)
-                metrics[f"baseline_mmd_{tag}"] = mmd(prev, real)
-                metrics[f"baseline_sliced_w1_{tag}"] = sliced_w1(prev, real)
-                # the OT interpolation of the observed snapshots on either side, at the held-out time
-                s = (snaps.times[k] - snaps.times[ia]) / (snaps.times[ib] - snaps.times[ia])
-                mid = ot_interpolation(prev, snaps.points[ib], s)
-                metrics[f"baseline_ot_interp_w1_{tag}"] = w1(mid, real)
-                metrics[f"baseline_ot_interp_mmd_{tag}"] = mmd(mid, real)
-                metrics[f"baseline_ot_interp_sliced_w1_{tag}"] = sliced_w1(mid, real)
-        fitted = [k for k in range(1, len(snaps.times)) if k not in dm.holdout]
-        metrics["w1_mean_observed"] = float(np.mean([metrics[f"w1_t{k}"] for k in fitted]))
-        if dm.holdout:
-            metrics["w1_mean_holdout"] = float(np.mean([metrics[f"w1_holdout_t{k}"] for k in dm.holdout]))
-            metrics["baseline_w1_mean_holdout"] = float(np.mean([metrics[f"baseline_w1_holdout_t{k}"]
-                                                                 for k in dm.holdout]))
-        metrics["mean_squared_acceleration"] = mean_squared_acceleration(xs, grid)
+        predicted = {k: self._at(xs, grid, t).cpu() for k, t in enumerate(snaps.times) if k > 0}
+        problem = sample_problem(xs, max(float(p.abs().max()) for p in snaps.points))  # NaN scores as 0 in POT
+        metrics = snapshot_metrics(snaps.times, snaps.points, predicted, dm.holdout, dm.train_indices, bool(problem))
+        metrics["mean_squared_acceleration"] = float("nan") if problem else mean_squared_acceleration(xs, grid)
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "space": dm.space, "dynamics": h.dynamics, "sigma": h.sigma,
                       "sampler": h.get("sampler", "phase"),
                       "sigma_min": h.sigma_min, "snapshot_times": snaps.times, "holdout": dm.holdout,
-                      "pins": self.pins, "nfe": nfe, "sample_steps": h.sample_steps, "n_paths": len(x0),
+                      "pins": self.data_pins, "nfe": nfe, "sample_steps": h.sample_steps, "n_paths": len(x0),
                       "sampling_seconds": wall, "trained_steps": max(self.trained_steps, self.global_step),
                       "stages": h.get("stages", 0), "stage_history": self.stage_history,
-                      "metric_notes": {"w1": "exact W1, Euclidean cost (POT)",
-                                       "mmd": "sqrt of the biased MMD^2, Gaussian kernels at 0.25..4 x the real "
-                                              "set's median distance",
-                                       "sliced_w1": "500 random directions, 1-D W1 of the projections",
-                                       "baseline": "the last observed snapshot before the held-out one",
-                                       "baseline_ot_interp": "the OT (McCann) interpolation of the observed "
-                                                             "snapshots on either side of the held-out one",
-                                       "mean_squared_acceleration": "E|x''|^2 along the simulated paths"}}
+                      "metric_notes": METRIC_NOTES, "samples_problem": problem}
         self._figure = (snaps, xs, dm.holdout, predicted)
 
     def on_test_epoch_end(self) -> None:
@@ -479,6 +458,11 @@ class TrajectoryBridge(PhaseSpaceModule):
         out = self.run_dir()
         path = write_json(out / "test_metrics.json", self._test)
         snaps, xs, holdout, predicted = self._figure
+        if self._test["samples_problem"]:
+            np.savez(out / "test_samples.npz", paths=xs.cpu().numpy(), times=np.asarray(snaps.times))
+            raise DivergedSamplesError(f"the simulated trajectories are unusable: {self._test['samples_problem']}. "
+                                       f"The metrics in {path} are null; the paths are in {out / 'test_samples.npz'} "
+                                       f"for inspection. {DIVERGED_ADVICE}")
         marginal = ", marginal ODE" if self.hparams.get("sampler") == "marginal" else ""
         fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted,
                                            title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}{marginal})")
@@ -499,6 +483,10 @@ class TrajectoryBridge(PhaseSpaceModule):
         out = self.run_dir()
         np.savez(out / "samples.npz", times=np.asarray(times), samples=samples, paths=xs.cpu().numpy(),
                  grid=grid.numpy())
+        problem = sample_problem(xs, max(float(p.abs().max()) for p in snaps.points))
+        if problem:
+            raise DivergedSamplesError(f"the simulated trajectories are unusable: {problem}. They are in "
+                                       f"{out / 'samples.npz'} for inspection. {DIVERGED_ADVICE}")
         (out / "samples.json").write_text(json.dumps({"times": times, "shape": list(samples.shape), "nfe": nfe,
                                                       "space": dm.space}) + "\n")
         print(f"wrote {samples.shape[1]} samples at times {times} to {out / 'samples.npz'} (samples: (times, n, d); "

@@ -1,0 +1,116 @@
+"""Trajectory inference refuses what it cannot do and never reports garbage as a result (issue 23): time scales,
+exploded simulations, files and options that are wrong, and checkpoints tested on other data."""
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from vsmd.cli import main
+from vsmd.datamodules import TrajectoryDataModule
+from vsmd.datamodules.trajectory import Snapshots, save_snapshots
+from vsmd.diffusion import trajectory_time as units
+from vsmd.diffusion.trajectory import MultiMarginalBridge
+from vsmd.models import TrajectoryBridge
+
+PETAL = str(Path(__file__).parents[1] / "configs/petal.yaml")
+
+
+def _gauss_file(path, times=(0.0, 1.0, 2.0), d=2, n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    save_snapshots(path, Snapshots(list(times), [torch.randn(n, d, generator=g) + 2 * k for k in range(len(times))]))
+    return str(path)
+
+
+def _common(path, *extra):
+    return ["--config", PETAL, "--trainer.enable_progress_bar", "false", "--data.init_args.dataset", "file",
+            "--data.init_args.path", str(path), "--data.init_args.batch_size", "16", "--model.init_args.hidden", "16",
+            "--model.init_args.depth", "1", "--model.init_args.sample_steps", "10", *extra]
+
+
+def _fails(args) -> None:
+    with pytest.raises(SystemExit) as err:
+        main(args)
+    assert err.value.code == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Item 4: time scales and exploded simulations.
+@pytest.mark.parametrize("dynamics, scale", [("momentum", 1e7), ("momentum", 1e-4), ("first_order", 1e5)])
+def test_the_internal_clock_is_the_same_reference_process(dynamics, scale):
+    """On the internal clock u = t / 10^e with sigma rescaled, the bridge's position sd at corresponding times is the
+    one on the data's clock (computed there by the kriging in the data's units, no rescaling)."""
+    pins = [0.0, 1.3, 2.0, 4.5]
+    e = units.time_exponent([p * scale for p in pins])
+    assert 1 <= 4.5 * scale / 10.0 ** e < 10
+    sigma = 0.3 / scale ** (1.5 if dynamics == "momentum" else 0.5)  # the same noise over the span
+    data = MultiMarginalBridge([p * scale for p in pins], dynamics, sigma)
+    internal = MultiMarginalBridge([units.to_internal(p * scale, e) for p in pins], dynamics,
+                                   units.internal_sigma(sigma, dynamics, e))
+    np.testing.assert_allclose(units.bridge_position_sd(data), units.bridge_position_sd(internal), rtol=1e-9)
+
+
+def test_times_in_other_units_train_the_same_model():
+    """Snapshot times [0, 1e7, 2e7] (seconds) and [0, 1, 2] give the same internal clock: with sigma 0 the same
+    training gives the same paths, at times reported in the data's units (at b1072ca: a NaN simulation)."""
+    g0 = torch.Generator().manual_seed(0)
+    sets = [torch.randn(200, 2, generator=g0) + 2 * k for k in range(3)]
+    out = []
+    for c in (1.0, 1e7):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        model = TrajectoryBridge(sigma=0.0, hidden=16, depth=1, lr=3e-3, ema_decay=0, sample_steps=20)
+        model._set_times([0.0, c, 2 * c], [0.0, c, 2 * c])
+        opt = model.configure_optimizers()
+        for _ in range(30):
+            loss, _ = model.loss([s[torch.randint(200, (64,), generator=g)] for s in sets], g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        xs, grid, _ = model.trajectories(sets[0], [0.0, c, 2 * c])
+        out.append((xs, grid / c))
+    assert torch.isfinite(out[1][0]).all()
+    torch.testing.assert_close(out[1][0], out[0][0], atol=0, rtol=0)
+    torch.testing.assert_close(out[1][1], out[0][1])
+
+
+def _fit_file(path, steps=2, **model):
+    dm = TrajectoryDataModule("file", path=path, batch_size=16)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(TrajectoryBridge(hidden=16, depth=1, sample_steps=10, **model), datamodule=dm)
+
+
+def test_time_scales_the_bridge_cannot_handle_are_refused(tmp_path):
+    """A gap of 1e-9 of the span (trained at a loss of 1e18 at b1072ca) and sigma 0.1 per second over 2e7 seconds
+    (a position noise of 1e9) are refused before training, naming the gap's fraction and the noise."""
+    with pytest.raises(ValueError, match=r"1e-09 of the span 1 .*hold one out"):
+        _fit_file(_gauss_file(tmp_path / "gap.npz", (0.0, 1e-9, 1.0)))
+    with pytest.raises(ValueError, match=r"per unit of the snapshot times.*span 2e\+07.*Lower model.init_args.sigma"):
+        _fit_file(_gauss_file(tmp_path / "seconds.npz", (0.0, 1e7, 2e7)))
+    _fit_file(tmp_path / "seconds.npz", sigma=1e-11)  # the same noise per span as 0.1 over 2 units: trains
+
+
+def test_exploded_trajectories_are_reported_not_scored(tmp_path, monkeypatch):
+    """A model whose simulation explodes: vsmd test writes null metrics and samples_problem and exits 1 (at b1072ca:
+    W1 0.0, a perfect score, exit 0); vsmd predict keeps samples.npz for inspection and exits 1."""
+    monkeypatch.chdir(tmp_path)
+    common = _common(_gauss_file(tmp_path / "s.npz"))
+    main(["fit", *common, "--trainer.max_steps", "2"])
+    ckpt = tmp_path / "runs/petal/version_0/checkpoints/last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    for key in [k for k in state["state_dict"] if k.startswith(("net.", "net_ema."))]:
+        state["state_dict"][key] = state["state_dict"][key] * 1e30  # the drift overflows
+    torch.save(state, ckpt)
+    _fails(["test", *common, "--ckpt_path", str(ckpt)])
+    report = json.loads((tmp_path / "runs/petal/version_1/test_metrics.json").read_text())
+    assert "NaN or inf" in report["samples_problem"] or "exploded" in report["samples_problem"]
+    assert report["metrics"]["w1_t1"] is None and report["metrics"]["w1_mean_observed"] is None
+    assert report["metrics"]["mean_squared_acceleration"] is None
+    assert (tmp_path / "runs/petal/version_1/test_samples.npz").is_file()
+    _fails(["predict", *common, "--ckpt_path", str(ckpt)])
+    samples = np.load(tmp_path / "runs/petal/version_2/samples.npz")["samples"]
+    assert samples.shape == (3, 1000, 2) and not np.isfinite(samples).all()
