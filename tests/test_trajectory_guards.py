@@ -114,3 +114,19 @@ def test_exploded_trajectories_are_reported_not_scored(tmp_path, monkeypatch):
     _fails(["predict", *common, "--ckpt_path", str(ckpt)])
     samples = np.load(tmp_path / "runs/petal/version_2/samples.npz")["samples"]
     assert samples.shape == (3, 1000, 2) and not np.isfinite(samples).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Item 8: one-dimensional data.
+@pytest.mark.parametrize("dim, extra", [(1, []), (2, ["--data.init_args.pca", "1"])])
+def test_vsmd_test_draws_one_dimensional_data(tmp_path, monkeypatch, dim, extra):
+    """data_dim 1 or pca 1: vsmd test draws position against time (an IndexError in plotting.py at b1072ca, after
+    the metrics were written) and exits 0."""
+    monkeypatch.chdir(tmp_path)
+    common = _common(_gauss_file(tmp_path / "s.npz", (0.0, 1.0, 2.0, 3.0), d=dim), "--model.init_args.data_dim", "1",
+                     "--data.init_args.holdout", "[1]", *extra)
+    main(["fit", *common, "--trainer.max_steps", "2"])
+    main(["test", *common, "--ckpt_path", "runs/petal/version_0/checkpoints/last.ckpt"])
+    figure = tmp_path / "runs/petal/version_1/test_trajectories.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+    assert json.loads((tmp_path / "runs/petal/version_1/test_metrics.json").read_text())["samples_problem"] is None

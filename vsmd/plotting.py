@@ -78,10 +78,13 @@ def forecast_figure(history, future, samples, max_dims: int = 4, title: str = ""
 
 def snapshot_trajectories_figure(snapshots: list[Tensor], times: list[float], paths: Tensor, holdout: list[int],
                                  predicted: dict[int, Tensor], title: str = "", max_paths: int = 48,
-                                 max_points: int = 1000):
+                                 max_points: int = 1000, grid: Tensor | None = None):
     """Trajectory inference on the first two coordinates: the snapshots coloured by time with a few dozen generated
-    paths over them; then, per held-out snapshot, the real points against the model's prediction at that time."""
+    paths over them; then, per held-out snapshot, the real points against the model's prediction at that time.
+    One-dimensional data are drawn as position against time (the paths on ``grid``, their times), and each held-out
+    snapshot as two histograms."""
     cmap = plt.get_cmap("viridis")
+    one_d = paths.shape[-1] == 1
     ncols = 1 + len(holdout)
     fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 4.4), squeeze=False)
     ax = axes[0, 0]
@@ -89,17 +92,29 @@ def snapshot_trajectories_figure(snapshots: list[Tensor], times: list[float], pa
     for k, (pts, t) in enumerate(zip(snapshots, times)):
         pts = pts[:max_points].detach().cpu()
         label = f"t = {t:g}" + (" (held out)" if k in holdout else "")
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, color=cmap((t - times[0]) / span), alpha=0.35, label=label,
+        xy = (torch.full((len(pts),), float(t)), pts[:, 0]) if one_d else (pts[:, 0], pts[:, 1])
+        ax.scatter(*xy, s=3, color=cmap((t - times[0]) / span), alpha=0.35, label=label,
                    marker="x" if k in holdout else "o")
     p = paths[:, :max_paths].detach().cpu()
-    for j in range(p.shape[1]):
-        ax.plot(p[:, j, 0], p[:, j, 1], color="0.15", lw=0.6, alpha=0.7)
+    if one_d:
+        steps = grid.detach().cpu() if grid is not None else torch.linspace(times[0], times[-1], len(p))
+        ax.plot(steps.numpy(), p[:, :, 0].numpy(), color="0.15", lw=0.6, alpha=0.7)
+        ax.set_xlabel("t")
+        ax.set_ylabel("x")
+    else:
+        for j in range(p.shape[1]):
+            ax.plot(p[:, j, 0], p[:, j, 1], color="0.15", lw=0.6, alpha=0.7)
     ax.set_title(f"snapshots and {p.shape[1]} generated paths {title}".strip(), fontsize=9)
     ax.legend(fontsize=7, markerscale=3, loc="best")
     for ax, k in zip(axes[0, 1:], holdout):
         real, gen = snapshots[k][:max_points].cpu(), predicted[k][:max_points].cpu()
-        ax.scatter(real[:, 0], real[:, 1], s=3, c="0.6", label="held-out snapshot")
-        ax.scatter(gen[:, 0], gen[:, 1], s=3, c="tab:red", alpha=0.5, label="prediction")
+        if one_d:
+            ax.hist([real[:, 0].numpy(), gen[:, 0].numpy()], bins=30, color=["0.6", "tab:red"],
+                    label=["held-out snapshot", "prediction"], density=True)
+            ax.set_xlabel("x")
+        else:
+            ax.scatter(real[:, 0], real[:, 1], s=3, c="0.6", label="held-out snapshot")
+            ax.scatter(gen[:, 0], gen[:, 1], s=3, c="tab:red", alpha=0.5, label="prediction")
         ax.set_title(f"held-out t = {times[k]:g}", fontsize=9)
         ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()

@@ -450,21 +450,21 @@ class TrajectoryBridge(PhaseSpaceModule):
                       "sampling_seconds": wall, "trained_steps": max(self.trained_steps, self.global_step),
                       "stages": h.get("stages", 0), "stage_history": self.stage_history,
                       "metric_notes": METRIC_NOTES, "samples_problem": problem}
-        self._figure = (snaps, xs, dm.holdout, predicted)
+        self._figure = (snaps, xs, grid, dm.holdout, predicted)
 
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
             return
         out = self.run_dir()
         path = write_json(out / "test_metrics.json", self._test)
-        snaps, xs, holdout, predicted = self._figure
+        snaps, xs, grid, holdout, predicted = self._figure
         if self._test["samples_problem"]:
             np.savez(out / "test_samples.npz", paths=xs.cpu().numpy(), times=np.asarray(snaps.times))
             raise DivergedSamplesError(f"the simulated trajectories are unusable: {self._test['samples_problem']}. "
                                        f"The metrics in {path} are null; the paths are in {out / 'test_samples.npz'} "
                                        f"for inspection. {DIVERGED_ADVICE}")
         marginal = ", marginal ODE" if self.hparams.get("sampler") == "marginal" else ""
-        fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted,
+        fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted, grid=grid,
                                            title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}{marginal})")
         fig.savefig(out / "test_trajectories.png", dpi=110)
         plt.close(fig)
