@@ -130,3 +130,75 @@ def test_vsmd_test_draws_one_dimensional_data(tmp_path, monkeypatch, dim, extra)
     figure = tmp_path / "runs/petal/version_1/test_trajectories.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
     assert json.loads((tmp_path / "runs/petal/version_1/test_metrics.json").read_text())["samples_problem"] is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Items 7 and 11: files and options.
+def _bad_file(tmp_path, case):
+    """A file of the given kind of damage, and a pattern its error must match (the file's name, and the key)."""
+    good = {"times": np.array([0.0, 1.0, 2.0]), **{f"x_{k}": np.ones((5, 2)) * k for k in range(3)}}
+    if case == "duplicate column":
+        (tmp_path / "f.csv").write_text("time,x,time\n0,1,0\n1,2,1\n2,3,2\n")
+        return tmp_path / "f.csv", r"f.csv: the CSV header repeats the column name\(s\) 'time'"
+    if case == "only time":
+        (tmp_path / "f.csv").write_text("time\n0\n1\n2\n")
+        return tmp_path / "f.csv", r"f.csv: the CSV has only the time column 'time'; add one column per coordinate"
+    if case == "huge csv":
+        (tmp_path / "f.csv").write_text("time,x,y\n0,1,2\n1,2,1e300\n2,3,4\n")
+        return tmp_path / "f.csv", r"f.csv has 1 values too large for float32 .*1e\+300.*data row 2, column 'y'; rescale"
+    if case == "text file":
+        (tmp_path / "f.npz").write_text("time,x\n0,1\n")
+        return tmp_path / "f.npz", r"f.npz is not an .npz archive"
+    np.savez(tmp_path / "f.npz", **good)
+    if case == "truncated":
+        data = (tmp_path / "f.npz").read_bytes()
+        (tmp_path / "f.npz").write_bytes(data[: len(data) // 2])
+        return tmp_path / "f.npz", r"f.npz is a damaged .npz .*truncated"
+    arrays = dict(good)
+    if case == "strings":
+        arrays["x_1"] = np.array([["a", "b"], ["c", "d"]])
+        match = r"f.npz: array 'x_1' holds text"
+    elif case == "objects":
+        arrays["x_2"] = np.array([np.ones(2), np.ones(3)], dtype=object)
+        match = r"f.npz: array 'x_2' holds Python objects"
+    elif case == "complex":
+        arrays["x_1"] = np.ones((5, 2)) * (1 + 2j)
+        match = r"f.npz: array 'x_1' holds complex numbers"
+    elif case == "huge npz":
+        arrays["x_2"] = np.full((5, 2), 1e300)
+        match = r"f.npz: array 'x_2' has 10 values too large for float32 .*index \(0, 0\)"
+    np.savez(tmp_path / "f.npz", **arrays)
+    return tmp_path / "f.npz", match
+
+
+@pytest.mark.parametrize("case", ["duplicate column", "only time", "huge csv", "text file", "truncated", "strings",
+                                  "objects", "complex", "huge npz"])
+def test_bad_files_are_refused_naming_the_file_and_the_array(tmp_path, case):
+    """At b1072ca: 'time,x,time' made the second time a coordinate, a complex npz lost its imaginary part with a
+    warning, 1e300 was called NaN or inf, a CSV of times alone asked for data_dim 0, and the npz errors were numpy's
+    (allow_pickle advice, 'File is not a zip file', 'could not convert string to float')."""
+    path, match = _bad_file(tmp_path, case)
+    with pytest.raises(ValueError, match=match):
+        TrajectoryDataModule("file", path=str(path))
+
+
+@pytest.mark.parametrize("times", [[], [0.5, float("nan")]])
+def test_empty_or_nonfinite_predict_times_are_refused(tmp_path, times):
+    """At b1072ca, times [] predicted at the snapshot times instead."""
+    with pytest.raises(ValueError, match="non-empty list of finite times"):
+        TrajectoryDataModule("semicircle", n_per_snapshot=20, times=times)
+
+
+def test_a_checkpoint_tested_on_another_file_is_refused(tmp_path, monkeypatch, capsys):
+    """A checkpoint meets a file of the same dimension with other snapshots: refused, naming the training file (at
+    b1072ca it was scored, with PCA and whitening refitted on the other file). The same snapshots under another name
+    are fine."""
+    monkeypatch.chdir(tmp_path)
+    trained = _gauss_file(tmp_path / "a.npz")
+    main(["fit", *_common(trained), "--trainer.max_steps", "2"])
+    ckpt = "runs/petal/version_0/checkpoints/last.ckpt"
+    _fails(["test", *_common(_gauss_file(tmp_path / "b.npz", seed=1)), "--ckpt_path", ckpt])
+    assert f"the checkpoint was trained on {tmp_path / 'a.npz'}" in capsys.readouterr().err
+    (tmp_path / "moved.npz").write_bytes((tmp_path / "a.npz").read_bytes())
+    main(["test", *_common(tmp_path / "moved.npz"), "--ckpt_path", ckpt])
+    _fails(["fit", *_common(tmp_path / "b.npz"), "--ckpt_path", ckpt, "--trainer.max_steps", "4"])

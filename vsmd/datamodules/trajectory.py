@@ -21,9 +21,7 @@ works in that space; ``test_metrics.json`` says which space it is.
 
 from __future__ import annotations
 
-import csv
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,108 +31,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from vsmd.datamodules.snapshot_files import Snapshots, check_snapshots, load_snapshots, save_snapshots
+
+__all__ = ["Snapshots", "TrajectoryDataModule", "check_snapshots", "load_snapshots", "make_toy_snapshots",
+           "save_snapshots"]
+
 TOYS = ("petal", "gmm", "semicircle")
-
-
-@dataclass
-class Snapshots:
-    """Point sets ``points[k]`` (n_k, d) observed at ``times[k]`` (increasing), optional velocities per set."""
-
-    times: list[float]
-    points: list[Tensor]
-    velocities: list[Tensor] | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.points[0].shape[1]
-
-
-def check_snapshots(snaps: Snapshots, source: str) -> Snapshots:
-    """Clear errors for unsorted or repeated times, fewer than 2 snapshots, mixed dimensions, empty sets, NaN."""
-    if len(snaps.times) != len(snaps.points):
-        raise ValueError(f"{source}: {len(snaps.times)} times but {len(snaps.points)} point sets")
-    if len(snaps.points) < 2:
-        raise ValueError(f"{source}: trajectory inference needs at least 2 snapshots, got {len(snaps.points)}")
-    t = np.asarray(snaps.times, dtype=np.float64)
-    if not np.isfinite(t).all():
-        raise ValueError(f"{source}: the snapshot times must be finite, got {t.tolist()}")
-    if not (np.diff(t) > 0).all():
-        raise ValueError(f"{source}: the snapshot times must be strictly increasing, got {t.tolist()}; sort the "
-                         "snapshots by time (and merge repeated times)")
-    dims = {p.shape[1] if p.dim() == 2 else None for p in snaps.points}
-    if len(dims) != 1 or None in dims:
-        raise ValueError(f"{source}: every snapshot must be an (n, d) array of one dimension d, got shapes "
-                         f"{[tuple(p.shape) for p in snaps.points]}")
-    for k, p in enumerate(snaps.points):
-        if len(p) == 0:
-            raise ValueError(f"{source}: snapshot {k} (t = {t[k]:g}) is empty")
-        if not torch.isfinite(p).all():
-            bad = int((~torch.isfinite(p)).any(1).sum())
-            raise ValueError(f"{source}: snapshot {k} (t = {t[k]:g}) has {bad} rows with NaN or inf; remove or impute "
-                             "them first")
-    return snaps
-
-
-def _group(x: np.ndarray, ts: np.ndarray, v: np.ndarray | None, source: str) -> Snapshots:
-    if x.ndim != 2 or ts.ndim != 1 or len(ts) != len(x):
-        raise ValueError(f"{source}: need X (n, d) and ts (n,), got shapes {x.shape} and {ts.shape}")
-    if v is not None and v.shape != x.shape:
-        raise ValueError(f"{source}: v must have the shape of X {x.shape}, got {v.shape}")
-    if not np.isfinite(ts.astype(np.float64)).all():
-        raise ValueError(f"{source}: the time column has NaN or inf values")
-    times = sorted(set(ts.astype(np.float64).tolist()))
-    rows = [ts.astype(np.float64) == t for t in times]
-    pts = [torch.from_numpy(x[r].astype(np.float32)) for r in rows]
-    vel = [torch.from_numpy(v[r].astype(np.float32)) for r in rows] if v is not None else None
-    return Snapshots(times, pts, vel)
-
-
-def load_snapshots(path: str | Path, time_column: str = "time") -> Snapshots:
-    """Read snapshots from one of the documented layouts (.npz or .csv)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"snapshot file not found: {p}; pass --data.init_args.path with an .npz or .csv file "
-                                "(layouts: vsmd/datamodules/trajectory.py)")
-    if p.suffix == ".csv":
-        with open(p, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header or time_column not in header:
-                raise ValueError(f"{p}: the CSV needs a header with a {time_column!r} column (set time_column), "
-                                 f"got {header}")
-            rows = [r for r in reader if r]
-        try:
-            arr = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
-        except ValueError as err:
-            raise ValueError(f"{p}: every CSV cell must be a number ({err})") from None
-        j = header.index(time_column)
-        return check_snapshots(_group(np.delete(arr, j, axis=1), arr[:, j], None, str(p)), str(p))
-    if p.suffix != ".npz":
-        raise ValueError(f"{p}: unknown snapshot format {p.suffix!r}; use .npz or .csv")
-    with np.load(p) as f:
-        keys = set(f.files)
-        if "times" in keys:
-            times = np.asarray(f["times"], dtype=np.float64).ravel()
-            missing = [f"x_{k}" for k in range(len(times)) if f"x_{k}" not in keys]
-            if missing:
-                raise ValueError(f"{p}: the snapshot layout needs x_0 ... x_{len(times) - 1} beside times; missing "
-                                 f"{', '.join(missing)}")
-            pts = [torch.from_numpy(np.asarray(f[f"x_{k}"], dtype=np.float32)) for k in range(len(times))]
-            snaps = Snapshots(times.tolist(), pts)
-        elif {"X", "ts"} <= keys:
-            snaps = _group(np.asarray(f["X"]), np.asarray(f["ts"]), np.asarray(f["v"]) if "v" in keys else None,
-                           str(p))
-        elif {"pcs", "sample_labels"} <= keys:  # TrajectoryNet's eb_velocity_v5.npz
-            snaps = _group(np.asarray(f["pcs"]), np.asarray(f["sample_labels"]), None, str(p))
-        else:
-            raise ValueError(f"{p}: unknown npz layout (keys {sorted(keys)}); use times + x_0..x_K, or X + ts "
-                             "(+ v), or pcs + sample_labels")
-    return check_snapshots(snaps, str(p))
-
-
-def save_snapshots(path: str | Path, snaps: Snapshots) -> None:
-    """Write snapshots in the .npz snapshot layout (times, x_0..x_K)."""
-    np.savez(path, times=np.asarray(snaps.times), **{f"x_{k}": p.numpy() for k, p in enumerate(snaps.points)})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -250,6 +152,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
             raise ValueError(f"pca must be a number of components >= 1 (or null), got {pca}")
         if min(batch_size, n_per_snapshot, n_predict) < 1:
             raise ValueError("batch_size, n_per_snapshot and n_predict must be >= 1")
+        if times is not None and (len(times) == 0 or not np.isfinite(np.asarray(times, dtype=np.float64)).all()):
+            raise ValueError(f"times {list(times)} must be a non-empty list of finite times for vsmd predict (e.g. "
+                             "[0.5, 1.0]), or null for the snapshot times")
         self.save_hyperparameters()
         self.dataset, self.path, self.time_column = dataset, path, time_column
         self.pca, self.whiten, self.holdout = pca, whiten, sorted(int(h) for h in holdout)
@@ -279,6 +184,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if self.pca is not None and self.pca > d:
             raise ValueError(f"pca {self.pca} is more components than the data's dimension {d}")
         self._raw = {"train": train, "test": test}
+        self.identity = {"path": str(Path(self.path).resolve()), "sha256": train.fingerprint()} \
+            if self.dataset == "file" else None
         fit = torch.cat([p.double() for i, p in enumerate(train.points) if i not in self.holdout])
         mean = fit.mean(0)
         proj = torch.eye(d, dtype=torch.float64)
@@ -293,6 +200,15 @@ class TrajectoryDataModule(pl.LightningDataModule):
         else:
             mean = torch.zeros(d, dtype=torch.float64)
         self._transform = (mean, proj)
+
+    def check_identity(self, trained: dict | None) -> None:
+        """A clear error when a checkpoint trained on ``trained`` (its ``identity``) meets other snapshots: PCA,
+        whitening and the metrics would be refitted on them, and the numbers would mean nothing. The file may have
+        moved (the fingerprint of its snapshots decides, not the path)."""
+        if trained and self.identity and trained["sha256"] != self.identity["sha256"]:
+            raise ValueError(f"the checkpoint was trained on {trained['path']}, but --data.init_args.path "
+                             f"{self.path} holds other snapshots (their fingerprints differ); pass the file the "
+                             f"checkpoint was trained on: --data.init_args.path {trained['path']}")
 
     def transform(self, x: Tensor) -> Tensor:
         mean, proj = self._transform

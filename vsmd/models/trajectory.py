@@ -133,6 +133,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.fnet_ema = self.make_ema(self.fnet, ema_decay) if self.fnet is not None else None
         self.pins: list[float] | None = None  # training snapshot times on the internal clock (see _set_times)
         self.data_pins, self.time_exponent = None, 0  # the same in the data's units (kept in the checkpoint)
+        self.data_identity: dict | None = None  # the training file's path and fingerprint (dm.identity)
         self.snapshot_times: list[float] | None = None
         self.bridge: MultiMarginalBridge | None = None
         self.pool: Tensor | None = None  # the current stage's chains (pool_size, K + 1, d)
@@ -160,6 +161,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         if dm.data_dim != self.hparams.data_dim:
             raise ValueError(f"the data have dimension {dm.data_dim} (after pca) but the model was built for "
                              f"data_dim={self.hparams.data_dim}; set model.init_args.data_dim: {dm.data_dim}")
+        dm.check_identity(self.data_identity)
         return dm
 
     def on_fit_start(self) -> None:
@@ -168,6 +170,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         if self.pins is not None and not np.allclose(self.data_pins, pins):
             raise ValueError(f"the checkpoint was trained with snapshots at {self.data_pins}, the data now has {pins}")
         units.check_pin_gaps(pins)
+        self.data_identity = dm.identity
         self._set_times(pins, dm.times, self.time_exponent if self.pins is not None else None)
         data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
         units.check_noise(self.bridge, data_sd, self.hparams.sigma, self.time_exponent)
@@ -178,7 +181,7 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
-                                         "time_exponent": self.time_exponent,
+                                         "time_exponent": self.time_exponent, "data": self.data_identity,
                                          "stage": self.pool_stage, "pool": self.pool,
                                          "stage_history": self.stage_history}
 
@@ -187,7 +190,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         info = checkpoint.get("vsmd_trajectory") or {}
         if info.get("pins"):
             self._set_times(info["pins"], info["snapshot_times"], info.get("time_exponent", 0))
-        self.pool_stage, self.pool = int(info.get("stage", 0)), info.get("pool")
+        self.pool_stage, self.pool, self.data_identity = int(info.get("stage", 0)), info.get("pool"), info.get("data")
         self.stage_history = list(info.get("stage_history", []))
 
     # ----------------------------------------------------------------------------------------------
