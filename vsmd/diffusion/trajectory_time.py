@@ -81,7 +81,7 @@ def check_noise(bridge, data_sd: float, sigma: float, exponent: int) -> None:
     if noise > MAX_NOISE_RATIO * data_sd:
         span = to_data_units(float(bridge.times[-1] - bridge.times[0]), exponent)
         raise ValueError(f"sigma {sigma:g} is per unit of the snapshot times; over these times (span {span:.3g}) "
-                         f"the bridge's position noise between the snapshots reaches {noise:.3g}, {noise / data_sd:.3g} "
-                         f"times the data's sd {data_sd:.3g} (at most {MAX_NOISE_RATIO:g} is allowed: the paths "
-                         "would be noise). Lower model.init_args.sigma, or give the times in larger units (e.g. days "
-                         "instead of seconds).")
+                         f"the bridge's position noise between the snapshots reaches {noise:.3g}, "
+                         f"{noise / data_sd:.3g} times the data's sd {data_sd:.3g} (at most {MAX_NOISE_RATIO:g} "
+                         "is allowed: the paths would be noise). Lower model.init_args.sigma, or give the times in "
+                         "larger units (e.g. days instead of seconds).")

@@ -117,9 +117,9 @@ def snapshot_metrics(times: list[float], real: list, predicted: dict, holdout: l
                      null: bool = False) -> dict[str, float]:
     """The test report's distances at every snapshot k >= 1 between the model's points ``predicted[k]`` and the
     ``real[k]`` ones (``w1_tK``, or ``w1_holdout_tK`` at held-out snapshots), their means, and at each held-out
-    snapshot the two trivial predictions (``baseline_*``: the last observed snapshot before it; ``baseline_ot_interp_*``:
-    the OT interpolation of the observed ones on either side). ``null``: the model's scores are NaN (unusable
-    samples), the baselines are still computed (they do not depend on the model)."""
+    snapshot the two trivial predictions (``baseline_*``: the last observed snapshot before it;
+    ``baseline_ot_interp_*``: the OT interpolation of the observed ones on either side). ``null``: the model's
+    scores are NaN (unusable samples), the baselines are still computed (they do not depend on the model)."""
     metrics: dict[str, float] = {}
     for k in range(1, len(times)):
         tag = f"holdout_t{k}" if k in holdout else f"t{k}"
