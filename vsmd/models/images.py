@@ -216,7 +216,8 @@ class ImageVSMD(VSMDModule):
         name = f"ref-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         cache = Path(h.fid_cache).expanduser() / name if h.fid_cache else None
         start = time.perf_counter()
-        n_ref = load_or_compute_reference(fid, ref, n_ref, cache, key, device=self.device)
+        n_ref = load_or_compute_reference(fid, ref, n_ref, cache, key, device=self.device,
+                                          progress=self.show_progress)
         self._fid = [fid]
         self._test = {"reference_images": n_ref, "reference_seconds": time.perf_counter() - start,
                       "fid_weights": str(weights), "sampling_seconds": 0.0, "n_images": 0}
@@ -224,7 +225,7 @@ class ImageVSMD(VSMDModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         start = time.perf_counter()
         seed = self.hparams.seed + 1000 * self.global_rank + batch_idx
-        x, nfe = self.generate_images(len(batch), seed, progress=True)
+        x, nfe = self.generate_images(len(batch), seed, progress=self.show_progress)
         self._test["sampling_seconds"] += time.perf_counter() - start
         self._test["n_images"] += len(x)
         self._test["nfe"] = nfe
@@ -271,7 +272,7 @@ class ImageVSMD(VSMDModule):
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         start = time.perf_counter()
         x, nfe = self.generate_images(len(batch), self.hparams.seed + 2 + 1000 * self.global_rank + batch_idx,
-                                      progress=True)
+                                      progress=self.show_progress)
         self._predict_cost.append((nfe, time.perf_counter() - start))
         images = to_uint8(x).cpu()
         self._images.append(images)

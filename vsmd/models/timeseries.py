@@ -199,7 +199,7 @@ class TimeSeriesVSMD(VSMDModule):
 
     def _forecast_batch(self, batch: dict[str, Tensor], seed: int) -> dict[str, Any]:
         start = time.perf_counter()
-        samples, nfe = self.forecast(batch["target"], batch["time_feat"], seed=seed, progress=True)
+        samples, nfe = self.forecast(batch["target"], batch["time_feat"], seed=seed, progress=self.show_progress)
         return {"samples": samples.cpu().numpy(), "history": batch["target"].cpu().numpy(),
                 "future": batch["future"].cpu().numpy() if "future" in batch else None,
                 "forecast_start": list(batch["forecast_start"]), "nfe": nfe,

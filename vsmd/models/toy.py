@@ -82,7 +82,7 @@ class ToyVSMD(VSMDModule):
         real = batch
         h = self.hparams
         start = time.perf_counter()
-        res = self.generate(len(real), progress=True)
+        res = self.generate(len(real), progress=self.show_progress)
         wall = time.perf_counter() - start
         fake = self.process.split(res.state)[0]
         paths = self.generate(h.n_straight, sampler=self.path_sampler, steps=h.straight_steps, return_trajectory=True,
@@ -132,7 +132,7 @@ class ToyVSMD(VSMDModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         n = len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
         start = time.perf_counter()
-        res = self.generate(n, progress=True, seed=self.hparams.seed + 2 + batch_idx)
+        res = self.generate(n, progress=self.show_progress, seed=self.hparams.seed + 2 + batch_idx)
         self._predict_cost.append((res.nfe, time.perf_counter() - start))
         x = self.process.split(res.state)[0].cpu()
         self._predicted.append(x)
