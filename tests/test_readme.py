@@ -23,9 +23,10 @@ SHARED = ROOT.parent / "shared"
 STEPS = 20  # the README names this number
 SLOW = ("exchange", "petal", "eb", "cifar10_tiny")  # blocks with these configs take minutes on 2 cores
 
+# set -e does not stop at a failure inside `a && b`, so a failing vsmd ends the script itself
 PRELUDE = f"""set -e
 vsmd() {{ if [ "$1" = fit ]; then "$VSMD_PY" -m vsmd.cli "$@" --trainer.max_steps {STEPS}; \
-else "$VSMD_PY" -m vsmd.cli "$@"; fi; }}
+else "$VSMD_PY" -m vsmd.cli "$@"; fi; local rc=$?; [ $rc -eq 0 ] || exit $rc; }}
 pip() {{ echo "readme test: skipped: pip $*"; }}
 python() {{ if [ "$1 $2" = "-m pytest" ]; then echo "readme test: skipped: python $*"; else "$VSMD_PY" "$@"; fi; }}
 """
@@ -57,6 +58,11 @@ def test_the_readme_has_its_blocks() -> None:
     for config in ("spiral8y", "exchange", "cifar10_tiny", "petal", "eb"):
         assert f"configs/{config}.yaml" in texts
     assert f"--trainer.max_steps {STEPS}" in (ROOT / "README.md").read_text()  # the README says how it is shortened
+
+
+def test_a_failing_command_fails_the_block(tmp_path: Path) -> None:
+    out = run_block("vsmd fit --config configs/missing.yaml && echo went-on\necho after", tmp_path)
+    assert out.returncode != 0 and "went-on" not in out.stdout and "after" not in out.stdout
 
 
 def run_block(text: str, cwd: Path) -> subprocess.CompletedProcess:
