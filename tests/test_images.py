@@ -236,7 +236,7 @@ def test_cli_fit_predict_test(tmp_path: Path, inception: Path, capsys) -> None:
     main(["test", *tiny(tmp_path, root), "--ckpt_path", str(ckpt), "--model.init_args.fid_weights", str(inception),
           "--model.init_args.fid_cache", str(tmp_path / "fidcache")])
     report = json.loads((tmp_path / "cifar10_tiny" / "version_2" / "test_metrics.json").read_text())
-    assert np.isfinite(report["metrics"]["fid"]) and report["n_images"] == 4 and report["nfe"] == 5
+    assert np.isfinite(report["metrics"]["fid"]) and report["n_images"] == 4 and report["nfe"] == 2  # sscs, 3 points
     assert report["reference_images"] == 8 and report["sample_steps"] == 3  # eval settings from the command line
     assert "FID" in capsys.readouterr().out
     # Bad input: image size that does not match the data; missing weights offline.
@@ -247,6 +247,20 @@ def test_cli_fit_predict_test(tmp_path: Path, inception: Path, capsys) -> None:
         main(["test", *tiny(tmp_path, root), "--ckpt_path", str(ckpt),
               "--model.init_args.fid_weights", str(tmp_path / "missing.pth")])
     assert "missing.pth does not exist" in capsys.readouterr().err
+
+
+def test_the_smoke_config_as_shipped_gives_a_finite_grid(tmp_path: Path, capsys) -> None:
+    """Issue 23, item 2: the README's image quick start (cifar10_tiny as it is: 20 steps, its sampler) ends with a
+    grid, not with "the generated images are unusable" (5-point Heun on the barely trained network exploded)."""
+    root = make_folder(tmp_path / "imgs", per_class=16)
+    common = ["--config", TINY, "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.root",
+              str(root), "--trainer.enable_progress_bar", "false"]
+    main(["fit", *common])
+    ckpt = tmp_path / "cifar10_tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 20
+    main(["predict", *common, "--ckpt_path", str(ckpt)])
+    assert "wrote 16 images" in capsys.readouterr().out
+    assert (tmp_path / "cifar10_tiny" / "version_1" / "samples_000.png").stat().st_size > 0
 
 
 def test_agm_velocity_guidance_toward_a_target_image(tmp_path: Path) -> None:

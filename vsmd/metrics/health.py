@@ -52,3 +52,33 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 class DivergedSamplesError(FloatingPointError):
     """The generated samples are non-finite or exploded: the metrics were written as null."""
+
+
+def unusable_advice(trained_steps: int, sampler: str, sample_steps: int, adaptive: bool,
+                    guide: str | None = None) -> str:
+    """The likely causes of unusable samples, most likely first: the end of a DivergedSamplesError's message.
+
+    ``adaptive``: the process has a learned A (only then is A, and its ``sa_lr``, a suspect); ``guide``: AGM's
+    velocity guidance target, in words, when it was on (a target far from the data pulls the samples after it).
+    """
+    causes = []
+    if guide:
+        causes.append(f"a guidance target far outside the data's range ({guide}; guide toward a point or image like "
+                      "the data)")
+    causes.append(f"an undertrained network (this checkpoint saw {trained_steps} training steps; the sampler "
+                  "follows what the network learned, and a barely trained one carries the samples far out of the "
+                  "data's range whatever the sampler: train for more --trainer.max_steps)")
+    causes.append(f"too few sampler steps ({sampler} with {sample_steps} grid points: raise "
+                  "--model.init_args.sample_steps)")
+    fix = "a lower lr or sa_lr (A is learned here)" if adaptive else "a lower lr"
+    causes.append(f"training that diverged (use an earlier checkpoint, or train with {fix})")
+    return "Likely causes: " + "; ".join(causes) + "."
+
+
+def unusable_advice_for(model) -> str:
+    """``unusable_advice`` for a VSMDModule (its hparams, process and the steps its checkpoint saw)."""
+    h = model.hparams
+    guide = (f"guide {list(h.guide)}" if h.get("guide") is not None
+             else f"guide_image {h.guide_image}" if h.get("guide_image") else None)
+    return unusable_advice(max(model.trained_steps, model.global_step), h.sampler, h.sample_steps,
+                           model.process.adaptive, guide=guide)

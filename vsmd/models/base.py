@@ -59,6 +59,13 @@ class PhaseSpaceModule(pl.LightningModule):
         out.mkdir(parents=True, exist_ok=True)
         return out
 
+    @property
+    def show_progress(self) -> bool:
+        """Whether sampling loops draw a progress bar: only on rank 0 of a trainer that draws its own
+        (``--trainer.enable_progress_bar``)."""
+        trainer = self._trainer
+        return trainer is not None and trainer.progress_bar_callback is not None and trainer.is_global_zero
+
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, or None."""
         if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
+from vsmd.metrics.health import DivergedSamplesError, sample_problem, unusable_advice_for, write_json
 from vsmd.metrics.fid import file_fingerprint, load_or_compute_reference, make_fid, resolve_weights, to_uint8
 from vsmd.models.base import VSMDModule
 from vsmd.models.unet import UNet
@@ -216,7 +216,8 @@ class ImageVSMD(VSMDModule):
         name = f"ref-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
         cache = Path(h.fid_cache).expanduser() / name if h.fid_cache else None
         start = time.perf_counter()
-        n_ref = load_or_compute_reference(fid, ref, n_ref, cache, key, device=self.device)
+        n_ref = load_or_compute_reference(fid, ref, n_ref, cache, key, device=self.device,
+                                          progress=self.show_progress)
         self._fid = [fid]
         self._test = {"reference_images": n_ref, "reference_seconds": time.perf_counter() - start,
                       "fid_weights": str(weights), "sampling_seconds": 0.0, "n_images": 0}
@@ -224,7 +225,7 @@ class ImageVSMD(VSMDModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         start = time.perf_counter()
         seed = self.hparams.seed + 1000 * self.global_rank + batch_idx
-        x, nfe = self.generate_images(len(batch), seed, progress=True)
+        x, nfe = self.generate_images(len(batch), seed, progress=self.show_progress)
         self._test["sampling_seconds"] += time.perf_counter() - start
         self._test["n_images"] += len(x)
         self._test["nfe"] = nfe
@@ -262,8 +263,7 @@ class ImageVSMD(VSMDModule):
         self._fid = []
         if problems:
             raise DivergedSamplesError(f"the generated images are unusable: {problems[0]}. The FID in {path} is "
-                                       "null. The model or its A diverged; resume an earlier checkpoint, or train "
-                                       "with a lower lr, sa_lr or beta.")
+                                       "null. " + unusable_advice_for(self))
         print(f"test: FID {fid:.3f} from {n} images ({h.sampler}, NFE {self._test.get('nfe')}, "
               f"{self._test['sampling_seconds']:.1f} s of sampling); written to {out / 'test_metrics.json'}")
 
@@ -271,7 +271,7 @@ class ImageVSMD(VSMDModule):
     def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         start = time.perf_counter()
         x, nfe = self.generate_images(len(batch), self.hparams.seed + 2 + 1000 * self.global_rank + batch_idx,
-                                      progress=True)
+                                      progress=self.show_progress)
         self._predict_cost.append((nfe, time.perf_counter() - start))
         images = to_uint8(x).cpu()
         self._images.append(images)
@@ -292,8 +292,7 @@ class ImageVSMD(VSMDModule):
         problems, self._problems = self._problems, []
         if problems:
             raise DivergedSamplesError(f"the generated images are unusable: {problems[0]} (written clamped to "
-                                       f"{out / 'samples.npz'}). The model or its A diverged; use an earlier "
-                                       "checkpoint, or train with a lower lr, sa_lr or beta.")
+                                       f"{out / 'samples.npz'}). " + unusable_advice_for(self))
         for k in range(0, len(images), 100):
             save_png(image_grid(images[k:k + 100], nrow=10), out / f"samples_{k // 100:03d}.png")
         print(f"wrote {len(images)} images to {out / 'samples.npz'} and {math.ceil(len(images) / 100)} PNG grid(s) "

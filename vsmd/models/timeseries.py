@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vsmd.datamodules.timeseries import default_lags
 from vsmd.diffusion import sample as run_sampler
-from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
+from vsmd.metrics.health import DivergedSamplesError, sample_problem, unusable_advice_for, write_json
 from vsmd.metrics.timeseries import METRIC_KEYS, gluonts_metrics
 from vsmd.models.base import VSMDModule
 from vsmd.models.nets import TimeGradNet
@@ -199,7 +199,7 @@ class TimeSeriesVSMD(VSMDModule):
 
     def _forecast_batch(self, batch: dict[str, Tensor], seed: int) -> dict[str, Any]:
         start = time.perf_counter()
-        samples, nfe = self.forecast(batch["target"], batch["time_feat"], seed=seed, progress=True)
+        samples, nfe = self.forecast(batch["target"], batch["time_feat"], seed=seed, progress=self.show_progress)
         return {"samples": samples.cpu().numpy(), "history": batch["target"].cpu().numpy(),
                 "future": batch["future"].cpu().numpy() if "future" in batch else None,
                 "forecast_start": list(batch["forecast_start"]), "nfe": nfe,
@@ -255,8 +255,7 @@ class TimeSeriesVSMD(VSMDModule):
         path = write_json(self.run_dir() / "test_metrics.json", self._test)
         if problem:
             raise DivergedSamplesError(f"the forecasts are unusable: {problem}. The metrics in {path} are null; the "
-                                       f"forecasts are in {npz} for inspection. The model or its A diverged; resume "
-                                       "an earlier checkpoint, or train with a lower lr, sa_lr or beta.")
+                                       f"forecasts are in {npz} for inspection. " + unusable_advice_for(self))
         fig = forecast_figure(out["history"][0], out["future"][0], out["samples"][0],
                               title=f"{h.process}: window 1 from {out['forecast_start'][0]}")
         fig.savefig(self.run_dir() / "forecast.png", dpi=110)
@@ -282,8 +281,7 @@ class TimeSeriesVSMD(VSMDModule):
         problem = sample_problem(out["samples"], np.abs(out["history"]).max())
         if problem:
             raise DivergedSamplesError(f"the forecasts are unusable: {problem}. They are in {path} for inspection. "
-                                       "The model or its A diverged; use an earlier checkpoint, or train with a "
-                                       "lower lr, sa_lr or beta.")
+                                       + unusable_advice_for(self))
         print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path} "
               f"({self.hparams.sampler}, NFE {out['nfe'] // out['samples'].shape[2]} per step, {out['seconds']:.1f} s "
               "of sampling)")

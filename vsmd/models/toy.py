@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
+from vsmd.metrics.health import unusable_advice_for
 from vsmd.models.base import VSMDModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import samples_figure, trajectories_figure
@@ -82,7 +83,7 @@ class ToyVSMD(VSMDModule):
         real = batch
         h = self.hparams
         start = time.perf_counter()
-        res = self.generate(len(real), progress=True)
+        res = self.generate(len(real), progress=self.show_progress)
         wall = time.perf_counter() - start
         fake = self.process.split(res.state)[0]
         paths = self.generate(h.n_straight, sampler=self.path_sampler, steps=h.straight_steps, return_trajectory=True,
@@ -118,8 +119,7 @@ class ToyVSMD(VSMDModule):
         path = write_json(self.run_dir() / "test_metrics.json", self._test)
         if self._test["samples_problem"]:
             raise DivergedSamplesError(f"the generated samples are unusable: {self._test['samples_problem']}. The "
-                                       f"metrics in {path} are null. The model or its A diverged; resume an earlier "
-                                       "checkpoint, or train with a lower lr, sa_lr or beta.")
+                                       f"metrics in {path} are null. " + unusable_advice_for(self))
         if self._test_figure is not None:
             self._save_samples_png(*self._test_figure, self.run_dir() / "test_samples.png")
             np.savez(self.run_dir() / "test_samples.npz", real=self._test_figure[0].numpy(),
@@ -132,7 +132,7 @@ class ToyVSMD(VSMDModule):
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         n = len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
         start = time.perf_counter()
-        res = self.generate(n, progress=True, seed=self.hparams.seed + 2 + batch_idx)
+        res = self.generate(n, progress=self.show_progress, seed=self.hparams.seed + 2 + batch_idx)
         self._predict_cost.append((res.nfe, time.perf_counter() - start))
         x = self.process.split(res.state)[0].cpu()
         self._predicted.append(x)
@@ -152,8 +152,7 @@ class ToyVSMD(VSMDModule):
         problem = sample_problem(x, float(real.abs().max()) if real is not None else 1.0)
         if problem:
             raise DivergedSamplesError(f"the generated samples are unusable: {problem}. They are in "
-                                       f"{out / 'samples.npz'} for inspection. The model or its A diverged; use an "
-                                       "earlier checkpoint, or train with a lower lr, sa_lr or beta.")
+                                       f"{out / 'samples.npz'} for inspection. " + unusable_advice_for(self))
         if x.shape[1] == 2:
             self._save_samples_png(real, torch.from_numpy(x), out / "samples.png")
         print(f"wrote {len(x)} samples to {out / 'samples.npz'} ({self.hparams.sampler}, NFE {nfe}, {seconds:.2f} s of "

@@ -1,0 +1,106 @@
+"""Every ```bash block of README.md runs as written (issue 23), in a copy of the repository's configs.
+
+The README says how the suite shortens them (its "Quick start" section): each ``vsmd fit`` gets
+``--trainer.max_steps 20`` appended, and the setup lines ``pip install ...`` and ``python -m pytest ...`` are skipped
+(the suite runs inside them). Blocks that read ``../shared`` are skipped when it is missing; the docker block (a CUDA
+image, GPUs) is not run: its volumes and the vsmd command it runs in the image are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+STEPS = 20  # the README names this number
+SLOW = ("exchange", "petal", "eb", "cifar10_tiny")  # blocks with these configs take minutes on 2 cores
+
+# set -e does not stop at a failure inside `a && b`, so a failing vsmd ends the script itself
+PRELUDE = f"""set -e
+vsmd() {{ if [ "$1" = fit ]; then "$VSMD_PY" -m vsmd.cli "$@" --trainer.max_steps {STEPS}; \
+else "$VSMD_PY" -m vsmd.cli "$@"; fi; local rc=$?; [ $rc -eq 0 ] || exit $rc; }}
+pip() {{ echo "readme test: skipped: pip $*"; }}
+python() {{ if [ "$1 $2" = "-m pytest" ]; then echo "readme test: skipped: python $*"; else "$VSMD_PY" "$@"; fi; }}
+"""
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(id, text) of every ```bash block; the id is the section heading above it and the block's number there."""
+    blocks, heading, n, lines = [], "top", 0, (ROOT / "README.md").read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("## "):
+            heading, n = re.sub(r"[^a-z0-9]+", "-", lines[i][3:].split("(")[0].lower()).strip("-"), 0
+        if lines[i].strip() == "```bash":
+            j = lines.index("```", i + 1)
+            n += 1
+            blocks.append((f"{heading}-{n}", "\n".join(lines[i + 1:j])))
+            i = j
+        i += 1
+    return blocks
+
+
+def _param(block: tuple[str, str]):
+    slow = any(re.search(rf"configs/{name}\.yaml", block[1]) for name in SLOW)
+    return pytest.param(*block, id=block[0], marks=[pytest.mark.slow] if slow else [])
+
+
+def test_the_readme_has_its_blocks() -> None:
+    texts = "\n".join(t for _, t in readme_blocks())
+    for config in ("spiral8y", "exchange", "cifar10_tiny", "petal", "eb"):
+        assert f"configs/{config}.yaml" in texts
+    assert f"--trainer.max_steps {STEPS}" in (ROOT / "README.md").read_text()  # the README says how it is shortened
+
+
+def test_a_failing_command_fails_the_block(tmp_path: Path) -> None:
+    out = run_block("vsmd fit --config configs/missing.yaml && echo went-on\necho after", tmp_path)
+    assert out.returncode != 0 and "went-on" not in out.stdout and "after" not in out.stdout
+
+
+def run_block(text: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VSMD_PY=sys.executable, PYTHONPATH=os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(["bash", "-c", PRELUDE + text], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.mark.parametrize(("name", "text"), [_param(b) for b in readme_blocks()])
+def test_readme_block(name: str, text: str, tmp_path: Path) -> None:
+    if "../shared" in text and not SHARED.is_dir():
+        pytest.skip(f"the block reads ../shared, which is missing here ({SHARED})")
+    if re.search(r"^\s*docker ", text, re.M):  # a CUDA image and GPUs: not run, checked
+        check_docker_block(text)
+        return
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "configs", repo / "configs")
+    if SHARED.is_dir():
+        (tmp_path / "shared").symlink_to(SHARED)
+    out = run_block(text, repo)
+    assert out.returncode == 0, f"{name} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    if "cifar10_tiny" in text:  # the image quick start ends with a finite image grid
+        assert (repo / "runs" / "cifar10_tiny" / "version_1" / "samples_000.png").stat().st_size > 0
+
+
+def check_docker_block(text: str) -> None:
+    """The docker block builds a CUDA image and needs GPUs, so it is not run: its volumes must be the Dockerfile's
+    and the command it runs in the image must parse in vsmd's CLI, with the container's paths."""
+    joined = text.replace("\\\n", " ")
+    run = next(line for line in joined.splitlines() if line.strip().startswith("docker run"))
+    volumes = set(re.findall(r"-v \S+:(/\w+)", run))
+    declared = re.search(r'^VOLUME \[(.*)\]', (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert volumes == {v.strip(' "') for v in declared.split(",")}
+    args = shlex.split(run)
+    cmd = args[args.index("vsmd", args.index("vsmd") + 1) + 1:]  # after the image name: vsmd <subcommand> ...
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "vsmd.cli", *cmd, "--print_config"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "save_dir: /runs" in out.stdout and "root: /data" in out.stdout
