@@ -60,7 +60,9 @@ def run_model(name: str, ds: str, seed: int, args) -> dict:
                     "--model.init_args.sample_steps", str(nfe), "--model.init_args.t_stop", str(stop)])
         else:
             rows[f"{nfe}"] = evaluate(config, spec, ckpt, out, seed, [
-                "--model.init_args.sampler", "ei", "--model.init_args.sample_steps", str(nfe + 1)])
+                "--model.init_args.sampler", "ei", "--model.init_args.sample_steps", str(nfe + 1),
+                "--model.init_args.ei_order", "3", "--model.init_args.ei_grid", "quadratic",
+                "--model.init_args.ei_t_stop", "null"])  # the setting of the table, not the toys' recommended one
     result = {"ckpt": str(ckpt), "config": config, "train_seconds": base["train_seconds"],
               "rows": {k: {"metrics": r["metrics"], "nfe": r["nfe"]} for k, r in rows.items()}}
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,8 @@ def paths_figure(results: dict, path: Path) -> None:
     from vsmd.models import ToyVSMD
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for col, name in enumerate(("AGM", "VSULD-5")):
-        model = ToyVSMD.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu")
+        pin = {} if name == "AGM" else {"ei_order": 3, "ei_grid": "quadratic", "ei_t_stop": None}
+        model = ToyVSMD.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu", **pin)
         res = model.generate(40, sampler="ei", steps=100, return_trajectory=True, seed=3)
         x = model.process.split(res.trajectory.flatten(0, 1))[0].reshape(*res.trajectory.shape[:2], -1).numpy()
         s = res.times.numpy()[: len(x)]  # time to the data: 1 -> 0

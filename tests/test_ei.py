@@ -295,3 +295,36 @@ def test_the_guard_bounds_the_gain_of_a_node_where_the_data_estimate_is_singular
     for wa, wb in zip(a.weights, b.weights):
         for x, y in zip(wa, wb):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def _cli_model(config: str, *extra: str):
+    """The model that `vsmd <subcommand> --config configs/<config>.yaml <extra>` builds (LightningCLI, not run)."""
+    from pathlib import Path
+
+    from lightning.pytorch import LightningDataModule
+
+    from vsmd.cli import PhaseSpaceModule, VSMDArgumentParser, VSMDCLI
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{config}.yaml"
+    args = ["--config", str(path), "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            "--model.init_args.hidden", "16", "--model.init_args.depth", "1", *extra]
+    model = VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    parser_class=VSMDArgumentParser, run=False, args=args).model
+    opts = model.sampler_options(model.eval_net)
+    return model, (opts["ei_order"], opts["ei_grid"], opts["t_stop"])
+
+
+@pytest.mark.parametrize("name", ["spiral8y", "checkerboard6x", "spiral8y_rot45"])
+def test_a_toy_config_with_sampler_ei_gets_the_recommended_settings(name: str) -> None:
+    """Issue 23: `--model.init_args.sampler ei` on a toy config gives toy_ei.md's recommended setting (order 2, uniform
+    grid, the data estimate at 0.02), not the module-wide order 3 on the quadratic grid; heun is unchanged."""
+    model, got = _cli_model(name, "--model.init_args.sampler", "ei")
+    assert got == (2, "uniform", 0.02) and (model.hparams.ei_order, model.hparams.ei_grid) == (2, "uniform")
+    heun, got = _cli_model(name)
+    assert heun.hparams.sampler == "heun" and got[2] is None
+    assert heun.sampler_options(heun.eval_net, sampler="ei")["t_stop"] == 0.02  # ei asked for by name, too
+    _, got = _cli_model(name, "--model.init_args.sampler", "ei", "--model.init_args.ei_t_stop", "null",
+                        "--model.init_args.ei_order", "3", "--model.init_args.ei_grid", "quadratic")
+    assert got == (3, "quadratic", None)
+    if name != "spiral8y_rot45":  # AGM keeps its own integrator's setting
+        _, got = _cli_model(name, "--model.init_args.process", "agm", "--model.init_args.sampler", "ei")
+        assert got == (3, "quadratic", None)

@@ -196,6 +196,8 @@ class VSMDModule(PhaseSpaceModule):
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
         if parametrisation == "eps" and init_velocity != "hsm" and process in MOMENTUM:
             raise ValueError("parametrisation 'eps' needs init_velocity 'hsm'")
+        if process in MOMENTUM and init_velocity != "hsm" and (sampler == "ei" or t_stop is not None):
+            raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
         if process == "agm":
