@@ -109,6 +109,26 @@ def test_the_cholesky_factor_and_the_force_near_t_one_against_high_precision(t: 
     assert abs(float(p.determinant(_t(t))) / det - 1) < 1e-12
 
 
+@pytest.mark.parametrize("t", [0.5, 0.99, 0.995, 0.999])
+def test_the_float32_training_target_near_t_one(t: float) -> None:
+    """Issue 23: the target recomputed eps from a_t, which in float32 (the training dtype) cancels near t = 1: it was
+    off by 6 (unit-variance target) at 0.999. Against the float64 force of the same draws."""
+    p = AGMProcess((2,))
+    n = 4096
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.randn(n, 2, generator=gen)
+    tt = torch.full((n,), t)
+    a, target, scale = p.perturb(x1, tt, p.coefficients(tt[:1]), torch.Generator().manual_seed(1))
+    draw = torch.Generator().manual_seed(1)
+    ex, ev = (torch.randn(n, 2, generator=draw).double() for _ in range(2))
+    k = p.coefficients(_t(t), F64)
+    x1 = x1.double()
+    a64 = p.join(k["mx"] * x1 + k["lxx"] * ex, k["mv"] * x1 + k["lvx"] * ex + k["lvv"] * ev)
+    torch.testing.assert_close(a.double(), a64, rtol=1e-6, atol=1e-6)
+    want = p.force(a64, tt.double(), x1, k) / k["scale"]
+    torch.testing.assert_close(target.double(), want, rtol=0, atol=1e-5)
+
+
 def test_the_kernel_against_monte_carlo_of_the_controlled_sde() -> None:
     """Euler-Maruyama of dx = v dt, dv = 4 (x1 - x - h v)/h^2 dt + p h dW from the start law, x1 fixed."""
     p = AGMProcess((1,))
