@@ -47,7 +47,8 @@ def sweep(ckpt: Path, config: str, seed: int, stretched: int) -> list[dict]:
     for sampler, order, stop, grid in variants:
         for nfe in NFES:
             model = ToyVSMD.load_from_checkpoint(ckpt, map_location="cpu", sampler=sampler, ei_order=order or 3,
-                                                 ei_grid=grid or "quadratic", t_stop=T_STOP if stop else None)
+                                                 ei_grid=grid or "quadratic", t_stop=T_STOP if stop else None,
+                                                 ei_t_stop=None)  # no estimate unless the row asks for one
             start = time.perf_counter()
             res = model.generate(len(real), steps=steps_for(sampler, nfe, stop), seed=seed)
             wall = time.perf_counter() - start

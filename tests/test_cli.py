@@ -86,10 +86,12 @@ def test_test_and_predict_with_the_exponential_integrator(trained: Path, capsys)
     save_dir = trained.parent.parent
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     ei = ["--model.init_args.sampler", "ei", "--model.init_args.sample_steps", "8"]
-    main(["test", *tiny(save_dir, *ei), "--ckpt_path", ckpt])
+    main(["test", *tiny(save_dir, *ei), "--ckpt_path", ckpt])  # 7 steps + the estimate at the toys' ei_t_stop
     out = json.loads((versions(save_dir)[-1] / "test_metrics.json").read_text())
-    assert out["sampler"] == "ei" and out["sample_steps"] == 8 and out["nfe"] == 7 and out["sampling_seconds"] > 0
+    assert out["sampler"] == "ei" and out["sample_steps"] == 8 and out["nfe"] == 8 and out["sampling_seconds"] > 0
     assert math.isfinite(out["metrics"]["rmse_pmf"])
+    main(["test", *tiny(save_dir, *ei, "--model.init_args.ei_t_stop", "null"), "--ckpt_path", ckpt])  # to t_eps
+    assert json.loads((versions(save_dir)[-1] / "test_metrics.json").read_text())["nfe"] == 7
     capsys.readouterr()
     main(["predict", *tiny(save_dir, *ei, "--model.init_args.t_stop", "0.02"), "--ckpt_path", ckpt])
     assert re.search(r"\(ei, NFE 8, [0-9.]+ s of sampling\)", capsys.readouterr().out)  # 7 steps + the estimate

@@ -16,7 +16,6 @@ import torch
 from vsmd.diffusion import kernel, make_process
 
 F64 = torch.float64
-JITTER = kernel.JITTER  # kernel.cholesky2x2 adds this to the diagonal of Sigma
 
 
 # -------------------------------------------------------------------------------------------------
@@ -80,11 +79,11 @@ def rk4_covariance(t_end: float, n_steps: int, beta_fn, omega, c, gamma: float, 
 
 
 def sigma_from_cholesky(k: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rebuild L L^T from the coefficients and remove the diagonal jitter; shape (n, d, 2, 2)."""
+    """Rebuild L L^T from the coefficients; shape (n, d, 2, 2)."""
     lxx, lvx, lvv = k["lxx"], k["lvx"], k["lvv"]
-    sxx = lxx * lxx - JITTER
+    sxx = lxx * lxx
     sxv = lxx * lvx
-    svv = lvx * lvx + lvv * lvv - JITTER
+    svv = lvx * lvx + lvv * lvv
     return torch.stack([torch.stack([sxx, sxv], -1), torch.stack([sxv, svv], -1)], -2)
 
 
@@ -335,12 +334,30 @@ def test_small_t_ratios(name, damping, gamma):
     assert devs[0] < 0.3
     assert devs[1] < 0.1 * devs[0] * 1.5 and devs[2] < 0.1 * devs[1] * 1.5
     assert devs[2] < 5e-3
-    # The training coefficients (float64) carry the diagonal jitter, which moves Lvv^2 by ~3 jitter / Sigma_xx at
-    # small t (Sigma_xx ~ 1e-8 at t = delta): compare with the jittered asymptote.
+    # The training coefficients (float64, no jitter) follow the same asymptote.
     tt = torch.tensor([1e-3, 3e-3, 1e-2], dtype=F64).reshape(-1, 1)
     k = p.coefficients(tt.flatten(), dtype=F64)
-    axx, axv, avv = beta**3 * gamma * tt**3 / 12 + JITTER, beta**2 * gamma * tt**2 / 4, beta * gamma * tt + JITTER
+    axx, axv, avv = beta**3 * gamma * tt**3 / 12, beta**2 * gamma * tt**2 / 4, beta * gamma * tt
     assert ((k["lvv"] ** 2 / ((axx * avv - axv**2) / axx) - 1).abs() < 0.1).all()
+
+
+@pytest.mark.parametrize("init_velocity", ["dsm", "hsm"])
+def test_the_cholesky_factor_at_small_t_has_no_jitter_error(init_velocity):
+    """Issue 23: a fixed 1e-12 diagonal jitter moved Lvv by 7e-5 at t = 1e-3 and 7% at t = 1e-4 (dsm, beta 5), and
+    by 98% on a reverse step of B = 5e-5. Against the Cholesky factor of Van Loan's covariance (no jitter); what is
+    left at 1e-4 is the round-off of the stationary-difference covariance (spec 1.3)."""
+    beta = 5.0
+    p = momentum_process("vsuld", 0.7, d=3, seed=11, beta=beta, init_velocity=init_velocity)
+    omega, c, _ = p.drift_params()
+    for t, tol in ((1e-3, 1e-6), (3e-4, 5e-6), (1e-4, 1e-4)):
+        k = p.coefficients(torch.tensor([t], dtype=F64), dtype=F64)
+        _, sigma = van_loan(torch.tensor([beta * t], dtype=F64), omega, c, 2.0, 1.0 if init_velocity == "hsm" else 0)
+        ref = torch.linalg.cholesky(sigma[0])
+        for got, want in ((k["lxx"], ref[:, 0, 0]), (k["lvx"], ref[:, 1, 0]), (k["lvv"], ref[:, 1, 1])):
+            assert ((got.flatten() / want - 1).abs() < tol).all(), (t, got.flatten(), want)
+    # A zero step (t = 0) gives the factor of Sigma = diag(0, v0_var): finite, no 0 / 0.
+    lxx, lvx, lvv = kernel.cholesky2x2(*(torch.tensor([v], dtype=F64) for v in (0.0, 0.0, 0.5)))
+    assert (float(lxx), float(lvx)) == (0.0, 0.0) and float(lvv) == pytest.approx(0.5**0.5, rel=1e-15)
 
 
 def test_small_t_lvv_hsm():
@@ -455,9 +472,8 @@ def test_score_target_matches_autograd(name, damping, gamma):
     coeffs = p.coefficients(t, dtype=F64)
     a, eps_v, lvv = p.perturb(x0, t, coeffs=coeffs, generator=g)
     assert a.dtype == F64 and a.shape == (n, 2 * d)
-    # Independent law of a_t: mean Phi (x0, 0), covariance from Van Loan, + the jitter the sampler uses.
+    # Independent law of a_t: mean Phi (x0, 0), covariance from Van Loan.
     phi, sigma = van_loan(beta * t, omega, c, gamma, 0.5)
-    sigma = sigma + JITTER * torch.eye(2, dtype=F64)
     mu = phi[..., :, 0] * x0.unsqueeze(-1)                  # (n, d, 2)
     state = torch.stack(p.split(a), -1).detach().requires_grad_(True)  # (n, d, 2): (x, v) per dimension
     logp = torch.distributions.MultivariateNormal(mu, covariance_matrix=sigma).log_prob(state).sum()

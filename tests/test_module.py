@@ -29,7 +29,7 @@ def test_each_process_fits_and_samples(process: str) -> None:
         res = model.generate(64, sampler=sampler, steps=6)
         x = model.process.split(res.state)[0]
         assert x.shape == (64, 2) and torch.isfinite(x).all()
-        assert res.nfe == (2 * 6 - 1 if sampler == "heun" else 5)
+        assert res.nfe == (2 * 6 - 1 if sampler == "heun" else 5 + (sampler == "ei"))  # ei: + the toys' estimate
     res = model.generate(64, sampler="ei", steps=6)
     assert model.process.split(res.state)[0].shape == (64, 2)
 
@@ -39,7 +39,7 @@ def test_ei_serves_both_parametrisations_and_refuses_dsm(process: str) -> None:
     with pytest.raises(ValueError, match="init_velocity hsm"):
         ToyVSMD(hidden=16, depth=1, process=process, sampler="ei", init_velocity="dsm").generate(8, steps=4)
     old = ToyVSMD(hidden=16, depth=1, process=process, sampler="ei")  # eps_v: the v row is all ei needs
-    assert old.generate(8, steps=4).nfe == 3
+    assert old.generate(8, steps=4).nfe == 3 + 1  # 3 steps to the toys' ei_t_stop, then the data estimate
     model = ToyVSMD(hidden=16, depth=1, process=process, parametrisation="eps", t_stop=0.1)
     res = model.generate(8, steps=4)  # heun on 4 points to t_stop (no final Euler step), then the data estimate
     assert res.nfe == 2 * 3 + 1 and float(res.times[-1]) == pytest.approx(0.1)
@@ -50,11 +50,19 @@ def test_ei_serves_both_parametrisations_and_refuses_dsm(process: str) -> None:
     torch.testing.assert_close(model.denoise(a, t), model.process.flow_estimate(a, t, eps[:, 2:]))
 
 
+@pytest.mark.parametrize("kwargs", [{"sampler": "ei"}, {"t_stop": 0.1}, {"sampler": "ei", "ei_t_stop": None}])
+def test_ei_and_t_stop_with_dsm_are_refused_at_construction_before_training(kwargs: dict) -> None:
+    """Issue 23: init_velocity dsm with sampler ei trained to the end and was refused only at test."""
+    with pytest.raises(ValueError, match="init_velocity 'dsm' does not have; use sampler heun"):
+        ToyVSMD(hidden=16, depth=1, process="vsuld", init_velocity="dsm", **kwargs)
+    ToyVSMD(hidden=16, depth=1, process="vsuld", init_velocity="dsm")  # heun needs no data estimate
+
+
 def test_overdamped_processes_serve_ei_with_either_parametrisation() -> None:
     for par in ("eps_v", "eps"):
         model = ToyVSMD(hidden=16, depth=1, process="vp", beta=20.0, parametrisation=par, sampler="ei", ei_order=3)
         res = model.generate(16, steps=6)
-        assert res.nfe == 5 and torch.isfinite(res.state).all()
+        assert res.nfe == 5 + 1 and torch.isfinite(res.state).all()
 
 
 @pytest.mark.parametrize("kwargs, match", [({"parametrisation": "x0"}, "parametrisation"),

@@ -112,7 +112,7 @@ def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
 # printed note for validate/test/predict. Lightning alone would let the checkpoint's values silently win.
 EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
                  "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile", "ei_order", "ei_grid",
-                 "t_stop", "guide", "guide_image", "n_paths"}
+                 "t_stop", "ei_t_stop", "guide", "guide_image", "n_paths"}
 TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "sa_every", "sa_steps", "sa_paths",
                   "sa_points", "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown",
                   "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",

@@ -125,8 +125,8 @@ class VSMDModule(PhaseSpaceModule):
         parametrisation: what the network predicts: "eps_v" (the velocity part of the Cholesky eps; the score
             and the "ei" sampler need no more) or "eps" (eps_x too, for the full Tweedie estimate
             ``process.data_estimate``). Overdamped processes have one coordinate: both are the same.
-        ei_order: order (1 to 3) of the multistep exponential integrator ("ei" sampler); 3 is the most accurate
-            on the toys at 10-40 NFE (benchmarks/results/toy_ei.md).
+        ei_order: order (1 to 3) of the multistep exponential integrator ("ei" sampler); 3 (on the quadratic grid)
+            matches Heun-39 on forecasting at NFE 20; the toys default to 2 on the uniform grid (ToyVSMD).
         ei_grid: its time grid: "quadratic" (dense at the data end), "uniform" or "log".
         t_stop: stop every sampler at this time and return the data estimate there (None: run to t_eps).
         rotation: the frame the (diagonal) process runs in: "none" (the data's coordinates), "pca" (the
@@ -203,6 +203,8 @@ class VSMDModule(PhaseSpaceModule):
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
         if parametrisation == "eps" and init_velocity != "hsm" and process in MOMENTUM:
             raise ValueError("parametrisation 'eps' needs init_velocity 'hsm'")
+        if process in MOMENTUM and init_velocity != "hsm" and (sampler == "ei" or t_stop is not None):
+            raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
         if process == "agm":
