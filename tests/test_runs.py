@@ -151,6 +151,8 @@ def test_an_explicit_version_that_exists_is_refused_and_left_alone(tmp_path: Pat
     assert "Leave the version out" in err and "Traceback" not in err
     assert snapshot(run) == before  # no events file, no config: nothing written into the earlier run
     assert [p.name for p in versions(tmp_path)] == ["version_7"]
+    main([*args, "--trainer.logger.init_args.version", "null"])  # as the refusal advises: the next free version
+    assert [p.name for p in versions(tmp_path)] == ["version_7", "version_8"] and snapshot(run) == before
 
 
 # --- item 5: signals -------------------------------------------------------------------------------------------------
@@ -240,6 +242,8 @@ def test_resuming_with_fewer_max_steps_than_the_checkpoint_is_refused_before_any
         assert f"is already at step 20, and --trainer.max_steps is {max_steps}" in err, err
         assert "--trainer.max_steps larger than 20" in err
     assert [p.name for p in versions(tmp_path)] == ["version_0"]  # no empty run folder
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "25", "--ckpt_path", str(last)])  # as advised
+    assert _step(versions(tmp_path)[-1] / "checkpoints" / "last.ckpt") == 25
 
 
 @pytest.mark.parametrize("override, message", [
@@ -270,6 +274,21 @@ def test_a_damaged_checkpoint_outside_a_run_names_no_checkpoint_of_another_exper
     err = capsys.readouterr().err
     assert "is truncated" in err and "use another checkpoint of the run" in err, err
     assert str(other) not in err
+
+
+def test_the_conversion_command_for_a_legacy_checkpoint_works_as_printed(tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    main(["fit", *tiny(tmp_path / "runs"), "--trainer.max_steps", "2"])
+    ckpt = torch.load(versions(tmp_path / "runs")[-1] / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    torch.save(ckpt, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert vsmd(shlex.join(["vsmd", "test", *tiny(Path("runs")), "--ckpt_path", "old.ckpt"])) == 1
+    command = re.search(r"convert it once: (python -c .*)$", capsys.readouterr().err, re.M).group(1)
+    words = shlex.split(command)
+    subprocess.run([sys.executable, *words[1:]], check=True, timeout=120)  # python: this interpreter
+    assert vsmd(shlex.join(["vsmd", "test", *tiny(Path("runs")), "--ckpt_path", "converted.ckpt"])) == 0
 
 
 def test_an_empty_config_file_is_named(tmp_path: Path, capsys) -> None:
