@@ -194,6 +194,15 @@ def test_sigterm_saves_the_step_reached_exits_143_and_prints_the_resume_command(
                          weights_only=True)
     # The SA schedule of an uninterrupted 40-step run (see test_cli's resume test): 3 stages of 5 A-steps.
     assert resumed["global_step"] == 40 and resumed["vsmd_sa"]["stages"] == 3 and resumed["vsmd_sa"]["steps"] == 15
+    # The state saved on SIGTERM is whole: resuming it gives exactly what resuming the regular checkpoint of an
+    # uninterrupted run at the same step gives.
+    main(["fit", *tiny(tmp_path / "b"), *every(tmp_path, 1), "--trainer.max_steps", str(stopped)])
+    regular = versions(tmp_path / "b")[-1] / "checkpoints" / f"epoch=0-step={stopped}.ckpt"
+    main(["fit", *tiny(tmp_path / "b"), "--trainer.max_steps", "40", "--ckpt_path", str(regular)])
+    again = torch.load(versions(tmp_path / "b")[-1] / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)
+    for k, v in resumed["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v), k
 
 
 def test_ctrl_c_names_the_newest_checkpoint_and_the_resume_command(tmp_path: Path) -> None:
@@ -203,6 +212,7 @@ def test_ctrl_c_names_the_newest_checkpoint_and_the_resume_command(tmp_path: Pat
     named = re.search(r"newest loadable checkpoint of this run is (\S+) \(step (\d+)\)", err)
     steps = [_step(p) for p in (tmp_path / RUN / "checkpoints").glob("*.ckpt")]
     assert int(named.group(2)) == max(steps) >= 10 and _step(tmp_path / named.group(1)) == max(steps)
+    assert all(step % 10 == 0 for step in steps)  # only the regular checkpoints: Ctrl-C saves nothing
     assert f"resume it with: vsmd fit --config {RUN / 'config.yaml'} --ckpt_path {named.group(1)}" in err
 
 
