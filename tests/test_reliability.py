@@ -644,7 +644,7 @@ def test_a_failed_run_keeps_its_folder_when_training_logged_values(tmp_path: Pat
     """A fit whose first checkpoint write fails has trained: its TensorBoard events are output, not an empty folder."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from vsmd.cli import _has_output
+    from vsmd.runs import has_output as _has_output
     empty, trained = tmp_path / "version_0", tmp_path / "version_1"
     for run in (empty, trained):
         run.mkdir()

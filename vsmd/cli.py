@@ -6,7 +6,6 @@ import contextlib
 import errno
 import os
 import pickle
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -27,6 +26,18 @@ from vsmd.checkpointing import (  # noqa: E402
     remove_stale_temporaries,
 )
 from vsmd.models import PhaseSpaceModule  # noqa: E402
+from vsmd.runs import (  # noqa: E402
+    RESERVED,
+    RESUMED_FROM,
+    RunGuard,
+    cleanup,
+    logger_args,
+    reserve_run_folder,
+    reset,
+    resume_hint,
+    stop_message,
+    unpin_version,
+)
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
@@ -40,12 +51,11 @@ LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
 
 
 def _other_checkpoints(p: Path) -> str:
-    """Resume advice: the newest loadable checkpoint of the run that ``p`` belongs to."""
-    for d in (p.parent, p.parent.parent):
-        newest = newest_checkpoint(d) if d.name and d.is_dir() else None
-        if newest and newest[0].resolve() != p.resolve():
-            return (f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as "
-                    "--ckpt_path")
+    """Resume advice: the newest loadable checkpoint of the run that ``p`` belongs to (only when ``p`` sits in a
+    run's checkpoints/ folder: any other folder may hold checkpoints of unrelated experiments)."""
+    newest = newest_checkpoint(p.parent) if p.parent.name == "checkpoints" else None
+    if newest and newest[0].resolve() != p.resolve():
+        return f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as --ckpt_path"
     return "use another checkpoint of the run (under <run>/checkpoints/)"
 
 
@@ -164,7 +174,19 @@ class VSMDCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [*callbacks, FinalCheckpoint()])
+        return super()._instantiate_trainer(config, [*callbacks, FinalCheckpoint(), RunGuard()])
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (TypeError, ValueError) as err:
+            short = _unwrapped(err)
+            if short is err:
+                raise
+            raise short from None
+        sub = self.config.get("subcommand")
+        if sub:  # the saved config.yaml reproduces or resumes the run into a new version_N, never into this one
+            unpin_version(self.config[sub].get("trainer") or {})
 
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
@@ -176,7 +198,8 @@ class VSMDCLI(LightningCLI):
         data_cls, data_hparams = _split(ckpt.get("datamodule_hyper_parameters", {}))
         given_cls, given = _given(self.config[sub].get("model"))
         given_data_cls, given_data = _given(self.config[sub].get("data"))
-        hint = f"(use the run's own config: --config {Path(ckpt_path).resolve().parent.parent / 'config.yaml'})"
+        own = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+        hint = f"(use the run's own config: --config {own})" if own.is_file() else "(use the config of its run)"
         if cls and given_cls and cls.rsplit(".", 1)[-1] != given_cls.rsplit(".", 1)[-1]:
             raise CheckpointError(f"{ckpt_path} holds a {cls.rsplit('.', 1)[-1]} model but the config asks for "
                                   f"{given_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
@@ -187,6 +210,11 @@ class VSMDCLI(LightningCLI):
             if not _same(data_hparams[k], given_data[k]):
                 raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
                                       f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
+        step, max_steps = int(ckpt.get("global_step", 0)), (self.config[sub].get("trainer") or {}).get("max_steps")
+        if sub == "fit" and max_steps not in (None, -1) and step >= max_steps:
+            raise CheckpointError(f"{ckpt_path} is already at step {step}, and --trainer.max_steps is {max_steps} (the "
+                                  "total count of steps, the resumed ones included): there is nothing to train. Pass "
+                                  f"--trainer.max_steps larger than {step} to train on, or evaluate it with vsmd test.")
         keep = EVAL_SETTINGS | (TRAIN_SETTINGS if sub == "fit" else set())
         fixed = {k: v for k, v in hparams.items() if k not in keep}
         differ = [k for k in sorted(fixed) if k in given and not _same(fixed[k], given[k])]
@@ -202,6 +230,8 @@ class VSMDCLI(LightningCLI):
                                                                     "dict_kwargs": fixed}}}, self.config)
 
     def parse_arguments(self, parser, args) -> None:
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        _check_config_files(self._argv)
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         if sub:
@@ -225,7 +255,9 @@ class VSMDCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         if sub:
-            _reserve_run_folder(self.config[sub].get("trainer") or {})
+            reserve_run_folder(self.config[sub].get("trainer") or {}, self.config[sub].get("config"), self._argv)
+            if sub == "fit" and self.config[sub].get("ckpt_path"):
+                RESUMED_FROM.append(str(self.config[sub]["ckpt_path"]))
 
     def _resolve_keyword(self, sub: str, keyword: str) -> str:
         """Lightning's checkpoint keywords would skip the check above: ``last`` becomes the newest loadable
@@ -247,14 +279,35 @@ class VSMDCLI(LightningCLI):
                               "pass the checkpoint file")
 
 
-def _logger_args(trainer: dict) -> dict | None:
-    """The init_args of a TensorBoard/CSV logger in the parsed trainer config (None for another or no logger)."""
-    logger = trainer.get("logger")
-    if logger is None or isinstance(logger, (bool, list)) or not hasattr(logger, "get"):
-        return None
-    if str(logger.get("class_path", "")).rsplit(".", 1)[-1] not in ("TensorBoardLogger", "CSVLogger"):
-        return None
-    return logger.get("init_args")
+def _unwrapped(err: Exception) -> Exception:
+    """A constructor's own error instead of jsonargparse's wrapper around it ("Does not validate against any of the
+    Union subtypes ..." and a dump of every init argument); any other error unchanged."""
+    if "Union subtypes" not in str(err):
+        return err
+    cause = err
+    while "Union subtypes" in str(cause) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if "Union subtypes" not in str(cause) and isinstance(cause, ERRORS):
+        return cause
+    lines = [ln.strip()[2:] for ln in str(err).splitlines() if ln.strip().startswith("- ") and "NoneType" not in ln]
+    return ValueError("; ".join(lines) or str(err).splitlines()[0])
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Name an empty config file (jsonargparse says only "Unexpected config:")."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else arg[9:] if arg.startswith(
+            "--config=") else None
+        try:
+            empty = bool(path) and Path(path).is_file() and yaml.safe_load(Path(path).read_text()) is None
+        except Exception:  # noqa: BLE001 (unreadable or not YAML: jsonargparse reports it)
+            empty = False
+        if empty:
+            raise ValueError(f"the config file {path} is empty (no settings, at most comments); a config has the "
+                             "sections model:, data: and trainer: (see configs/spiral8y.yaml), or leave --config out "
+                             "and give the options on the command line")
 
 
 def _check_trainer(trainer: dict) -> None:
@@ -264,7 +317,7 @@ def _check_trainer(trainer: dict) -> None:
         raise ValueError(f"--trainer.precision {precision} is not supported: the network's weights and the SA "
                          "would run in half precision, where A and the loss lose their accuracy. Use 16-mixed or "
                          "bf16-mixed (mixed precision, float32 weights), or 32.")
-    init = _logger_args(trainer)
+    init = logger_args(trainer)
     if init is None:
         return
     save_dir = Path(str(init.get("save_dir") or ".")).expanduser()
@@ -277,53 +330,6 @@ def _check_trainer(trainer: dict) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"the run folder cannot be made: {existing} is not writable; choose another "
                          "--trainer.logger.init_args.save_dir")
-
-
-_RESERVED: list[Path] = []
-_VERSION_ENV = "VSMD_RUN_VERSION"  # run folders this process made (removed again if a command fails before any output)
-
-
-def _reserve_run_folder(trainer: dict) -> None:
-    """Pick the next free version_N atomically (mkdir), so that runs started together never share a folder."""
-    init = _logger_args(trainer)
-    if init is None or init.get("version") is not None:
-        return
-    if os.environ.get(_VERSION_ENV) is not None and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        init["version"] = int(os.environ[_VERSION_ENV])  # a DDP rank launched by rank 0: rank 0's folder
-        return
-    root = Path(str(init.get("save_dir") or ".")).expanduser() / str(init.get("name") or "lightning_logs")
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()]
-    n = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{n}").mkdir()
-            break
-        except FileExistsError:
-            n += 1
-    init["version"] = n
-    os.environ[_VERSION_ENV] = str(n)  # inherited by the DDP ranks this process launches
-    _RESERVED.append(root / f"version_{n}")
-    print(f"run folder: {root / f'version_{n}'}", file=sys.stderr)
-
-
-def _has_output(run: Path) -> bool:
-    """Whether a run folder holds anything of value: a checkpoint, metrics, samples, figures, or TensorBoard
-    events with logged values (training that ran, even if its first checkpoint write failed)."""
-    files = [p for p in run.rglob("*") if p.is_file()]
-    return (any(p.suffix in (".ckpt", ".json", ".npz", ".png") for p in files)
-            or any(p.name.startswith("events.out.tfevents") and _logged_values(p) for p in files))
-
-
-def _logged_values(events: Path) -> bool:
-    """Whether a TensorBoard event file holds any logged value (beyond the header and hyper-parameters a fresh
-    logger writes)."""
-    try:
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-        tags = (v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value)
-        return any(not tag.startswith("_hparams_") and tag != "hp_metric" for tag in tags)
-    except Exception:  # unreadable or truncated: keep the folder rather than guess
-        return True
 
 
 def _quiet_lightning() -> None:
@@ -367,17 +373,17 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``vsmd`` console command (``args`` lets tests call it in-process)."""
     _quiet_lightning()
     _quiet_full_disk_in_threads()
-    _RESERVED.clear()
+    reset()
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
     try:
         VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                 parser_class=VSMDArgumentParser)
     except BaseException as err:
-        for run in _RESERVED:  # a command that failed before writing anything leaves no empty version_N behind
-            if run.is_dir() and not _has_output(run):
-                shutil.rmtree(run, ignore_errors=True)
-                print(f"run folder: {run} removed (the command failed before writing any output)", file=sys.stderr)
-            elif run.is_dir():
-                print(f"run folder: {run} (kept: it holds output of this run)", file=sys.stderr)
+        cleanup()  # a command that failed before writing anything leaves no empty version_N behind
+        stopped = stop_message(err, argv)
+        if stopped:  # SIGTERM (e.g. a batch scheduler) or Ctrl-C: never an exit status of success
+            print(stopped[0], file=sys.stderr)
+            raise SystemExit(stopped[1]) from None
         if os.environ.get("VSMD_DEBUG") or not isinstance(err, ERRORS):
             raise
         if isinstance(err, OSError) and not isinstance(err, (CheckpointWriteError, FileNotFoundError)):
@@ -386,29 +392,11 @@ def main(args: list[str] | None = None) -> None:
             if what is None:
                 raise
             err = f"{what}: {err}. Free space or choose another --trainer.logger.init_args.save_dir."
-        print(f"vsmd: error: {err}{_resume_hint(args)}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
+        print(f"vsmd: error: {err}{resume_hint(argv)}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(1) from None
-    for run in _RESERVED:
+    for run in RESERVED:
         if run.is_dir():
             print(f"run folder: {run}", file=sys.stderr)
-
-
-def _resume_hint(args: list[str] | None) -> str:
-    """After a failed fit: the newest loadable checkpoint of its run folder, and the command that resumes it."""
-    argv = sys.argv[1:] if args is None else args
-    if not argv or argv[0] != "fit":
-        return ""
-    for run in _RESERVED:
-        newest = newest_checkpoint(run) if run.is_dir() else None
-        if newest:
-            config = run / "config.yaml"
-            cfg = f"--config {config} " if config.is_file() else ""
-            return (f"\nThe newest loadable checkpoint of this run is {newest[0]} (step {newest[1]}); resume it "
-                    f"with: vsmd fit {cfg}--ckpt_path {newest[0]} (learning rates and SA settings given on the "
-                    "command line take effect)")
-        if run.is_dir():
-            return f"\nNo checkpoint of this run ({run}) was written; a new fit starts from scratch."
-    return ""
 
 
 ERRORS = (CheckpointError, CheckpointWriteError, FloatingPointError, FileNotFoundError, ValueError, OSError)

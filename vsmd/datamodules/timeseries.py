@@ -173,6 +173,10 @@ def materialise(name: str, data_dir: str | Path, download: bool = True) -> None:
     """Make ``data_dir/<name>`` exist (from the archive, else by download) when data_dir is writable."""
     _check_name(name)
     root = Path(data_dir).expanduser()
+    existing = next((p for p in (root, *root.parents) if p.exists()), root)
+    if not existing.is_dir() and existing.exists():
+        raise ValueError(f"data_dir {root}: {existing} is a file, not a folder; pass the folder that holds the "
+                         "dataset (or is to hold its download), e.g. --data.init_args.data_dir data")
     folder, archive = root / name, root / f"{name}.tar.gz"
     if folder.exists():
         if not (folder / "metadata.json").is_file():

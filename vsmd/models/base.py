@@ -443,10 +443,12 @@ class VSMDModule(PhaseSpaceModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.batch_loss(batch, self.net)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the score loss is {loss.item()} at step {self.global_step}; training stopped before this step "
-                "changed any weight, and the checkpoints saved so far are untouched. Resume from the last one with "
-                "a lower lr (or check the data for NaN/inf).")
+            then = ("no checkpoint was written yet, so there is nothing to resume: start the fit again with a lower "
+                    "lr" if self.global_step == 0 else "the checkpoints saved so far are untouched: resume from the "
+                    "newest with a lower lr")
+            raise FloatingPointError(f"the score loss is {loss.item()} at step {self.global_step}; training stopped "
+                                     f"before this step changed any weight, and {then} (or check the data for "
+                                     "NaN/inf).")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
