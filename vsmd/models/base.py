@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
@@ -18,6 +18,7 @@ from vsmd.diffusion.ei import EI_GRIDS
 from vsmd.diffusion.process import MOMENTUM
 from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
+from vsmd.models import ema as ema_lib
 
 RHO_INITS = ("data", "zero")
 ROTATIONS = ("none", "pca", "learned")
@@ -31,13 +32,6 @@ RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "s
                    "zeta", "lr_warmup", "lr_decay", "lr_decay_every", "dropout")
 
 
-def _warmup_ema(decay: float):
-    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
-        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        return averaged + (current - averaged) * (1.0 - d)
-    return avg_fn
-
-
 class PhaseSpaceModule(pl.LightningModule):
     """What every vsmd task module shares, and the base class ``vsmd fit/test/predict`` accept: the EMA of the
     network's weights, the run folder and the TensorBoard writer. VSMDModule (score models and the AGM bridge) and
@@ -46,12 +40,7 @@ class PhaseSpaceModule(pl.LightningModule):
     @staticmethod
     def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
         """An EMA copy of ``net`` (None for decay 0); ``warmup``: decay min(decay, (1 + n) / (10 + n))."""
-        if decay <= 0:
-            return None
-        ema = (AveragedModel(net, avg_fn=_warmup_ema(decay)) if warmup
-               else AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)))
-        ema.requires_grad_(False)
-        return ema
+        return ema_lib.make_ema(net, decay, warmup)
 
     def run_dir(self) -> Path:
         """The run's log directory (where test/predict write their files), created if needed."""
@@ -318,7 +307,7 @@ class VSMDModule(PhaseSpaceModule):
 
     @property
     def eval_net(self) -> nn.Module:
-        return self.net_ema.module if self.net_ema is not None else self.net
+        return ema_lib.evaluated(self.net, self.net_ema)
 
     def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
         """s_theta(a, t[, cond]) = -eps_hat / noise_scale(t) (spec section 2)."""
@@ -465,8 +454,7 @@ class VSMDModule(PhaseSpaceModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.net_ema is not None:  # inside the step, so a checkpoint taken after it includes this update
-            self.net_ema.update_parameters(self.net)
+        ema_lib.update_ema([(self.net, self.net_ema)])  # a checkpoint taken after the step includes the update
 
     # ----------------------------------------------------------------------------------------------
     # The data-informed start of A.

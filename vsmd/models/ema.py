@@ -1,0 +1,43 @@
+"""The exponential moving average of a network's weights, the copy that evaluation and sampling use.
+
+An EMA copy is a ``torch.optim.swa_utils.AveragedModel`` held as an attribute of the module next to its network
+(``net`` and ``net_ema``), so the checkpoint's keys are ``net_ema.module.*`` and ``net_ema.n_averaged``. A decay of
+0 means no copy (None): evaluation uses the network itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def _warmup_ema(decay: float):
+    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return averaged + (current - averaged) * (1.0 - d)
+    return avg_fn
+
+
+def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
+    """An EMA copy of ``net`` (None for decay 0); ``warmup``: decay min(decay, (1 + n) / (10 + n))."""
+    if decay <= 0:
+        return None
+    ema = (AveragedModel(net, avg_fn=_warmup_ema(decay)) if warmup
+           else AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)))
+    ema.requires_grad_(False)
+    return ema
+
+
+def evaluated(net: nn.Module, ema: AveragedModel | None) -> nn.Module:
+    """The network as evaluation uses it: its EMA copy if it has one."""
+    return ema.module if ema is not None else net
+
+
+def update_ema(pairs: Iterable[tuple[nn.Module | None, AveragedModel | None]]) -> None:
+    """One EMA update of every (network, EMA copy) pair that has a copy; call it inside the optimiser step, so that a
+    checkpoint taken after the step includes the update."""
+    for net, ema in pairs:
+        if net is not None and ema is not None:
+            ema.update_parameters(net)
