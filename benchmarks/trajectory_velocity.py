@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from vsmd.datamodules.trajectory import Snapshots, TrajectoryDataModule, save_snapshots
-from vsmd.diffusion.trajectory import simulate, spline_kriging, time_grid
+from vsmd.diffusion.trajectory import spline_kriging
+from vsmd.diffusion.trajectory_sampling import simulate_paths, time_grid
 from vsmd.models import TrajectoryBridge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +41,9 @@ class OracleStart(TrajectoryBridge):
         k = 0 if abs(t - self.pins[0]) < 1e-9 else len(self.pins) - 1
         pool = self.pool.double()
         idx = torch.cdist(x.double(), pool[:, k]).argmin(1)  # the start points are the pool's own data points
-        W, _ = spline_kriging(self.bridge.times, torch.tensor([t], dtype=torch.float64))
+        W, _ = spline_kriging(self.reference.times, torch.tensor([t], dtype=torch.float64))
         v = torch.einsum("n,bnd->bd", W[0, 1], pool[idx]).float()
-        return v + self.bridge.velocity_spread(t) * torch.randn(x.shape, generator=generator)
+        return v + self.reference.velocity_spread(t) * torch.randn(x.shape, generator=generator)
 
     def start_velocity(self, x, t, generator):
         if self.building and self.pool is not None:
@@ -95,10 +96,10 @@ def gaussian_1d(work: Path) -> dict:
                "mean_t3": float(xs[int((grid - 3.0).abs().argmin())].mean()), "history": m.stage_history}
         if m.pool is not None:  # the same forward policy, started from its last pool's own chain velocities
             pool = m.pool.double()
-            W, _ = spline_kriging(m.bridge.times, torch.tensor([0.0], dtype=torch.float64))
+            W, _ = spline_kriging(m.reference.times, torch.tensor([0.0], dtype=torch.float64))
             v0 = torch.einsum("n,bnd->bd", W[0, 1], pool).float()
             grid2 = time_grid(m.pins, 120)
-            paths, _ = simulate(m._drift(m._evaluated("net")), pool[:, 0].float(), v0, grid2.float(), 0.1,
+            paths, _ = simulate_paths(m._drift(m._evaluated("net")), pool[:, 0].float(), v0, grid2.float(), 0.1,
                                 torch.Generator().manual_seed(4))
             row["sd_t3_own_velocities"] = float(paths[int((grid2 - 3.0).abs().argmin())].std())
         out[name] = row

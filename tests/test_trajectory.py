@@ -15,7 +15,8 @@ from scipy.optimize import linear_sum_assignment
 from vsmd.datamodules.trajectory import (Snapshots, TrajectoryDataModule, load_snapshots, make_toy_snapshots,
                                          save_snapshots)
 from vsmd.diffusion.trajectory import (MultiMarginalBridge, _iwp_vv, _iwp_vx, _iwp_xx, momentum_drift_weights,
-                                       ot_chain, ot_permutation, simulate, spline_kriging, time_grid)
+                                       ot_chain, ot_permutation, spline_kriging)
+from vsmd.diffusion.trajectory_sampling import simulate_paths, time_grid
 from vsmd.metrics.trajectory import mean_squared_acceleration, mmd, ot_interpolation, sliced_w1, w1
 
 PINS = torch.tensor([0.0, 0.5, 1.2, 1.5, 2.0], dtype=torch.float64)
@@ -93,7 +94,7 @@ def test_the_exact_drift_simulated_hits_the_pins_and_has_the_bridge_marginal(dyn
             k = int(torch.searchsorted(pins, t[:1], right=True)[0] - 1)
             k = min(k, len(pins) - 2)
             return (y[k + 1] - x) / (pins[k + 1] - t[0]).clamp_min(1e-3)
-    xs, _ = simulate(drift, x0, v0, grid, sigma, gen)
+    xs, _ = simulate_paths(drift, x0, v0, grid, sigma, gen)
     for tp, yp in zip(pins[1:], y[1:]):
         at = xs[int((grid - tp).abs().argmin())]
         assert abs(float(at.mean()) - float(yp)) < 0.03 and float(at.std()) < 0.08

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vsmd.datamodules.trajectory import TrajectoryDataModule
-from vsmd.diffusion.trajectory import (MultiMarginalBridge, langevin_velocity, momentum_drift_weights, ot_project,
-                                       spline_kriging)
+from vsmd.diffusion.trajectory import MultiMarginalBridge, momentum_drift_weights, ot_project, spline_kriging
+from vsmd.diffusion.trajectory_sampling import langevin_velocity
 from vsmd.models import TrajectoryBridge
 
 PINS = torch.tensor([0.0, 0.5, 1.2, 1.5, 2.0], dtype=torch.float64)
@@ -58,7 +58,7 @@ def test_the_exact_backward_drift_simulated_from_the_last_pin_is_the_bridge_back
     """Monte Carlo of the reversed bridge's pinned SDE (its closed-form drift on the mirrored clock, started from its
     law at the last pin with the velocity negated): the paths hit every pin, and at t = 2.2 x has the forward
     bridge's mean and sd."""
-    from vsmd.diffusion.trajectory import simulate
+    from vsmd.diffusion.trajectory_sampling import simulate_paths
     sigma, n = 0.5, 4000
     pins = torch.tensor([0.0, 1.0, 1.5, 3.0], dtype=torch.float64)
     y = torch.tensor([0.0, 2.0, 1.0, -1.0], dtype=torch.float64)
@@ -72,7 +72,7 @@ def test_the_exact_backward_drift_simulated_from_the_last_pin_is_the_bridge_back
         G, cx, cv = momentum_drift_weights(rev.times, s[:1])
         return G[0] @ y.flip(0) - cx[0] * x - cv[0] * w
     grid = torch.linspace(0, 3, 3001, dtype=torch.float64)
-    xs, _ = simulate(drift, torch.full((n, 1), -1.0, dtype=torch.float64), w0, grid, sigma, gen)
+    xs, _ = simulate_paths(drift, torch.full((n, 1), -1.0, dtype=torch.float64), w0, grid, sigma, gen)
     for tp, yp in zip(pins[:-1], y[:-1]):
         at = xs[int((grid - bridge.mirror(tp)).abs().argmin())]
         assert abs(float(at.mean()) - float(yp)) < 0.03 and float(at.std()) < 0.08

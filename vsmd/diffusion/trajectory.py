@@ -1,5 +1,6 @@
 """Multi-marginal bridges for trajectory inference (Lightning-free): couplings of snapshots, the conditional paths
-through coupled points, their drift targets, and the simulators of the learned dynamics.
+through coupled points and their drift targets. Sampling the learned dynamics is in trajectory_sampling, DMSB's
+stages in trajectory_stages.
 
 Snapshots x^(0), ..., x^(K) of a population are observed at times t_0 < ... < t_K, unpaired. A minibatch draws
 B points per snapshot and chains them by exact optimal transport between consecutive snapshots (squared Euclidean
@@ -23,9 +24,9 @@ projection of the mixture over chains then has the snapshots as its marginals. T
 
 The velocity at t_0 is never observed: a second network regresses E[v_t | x_t] on the same bridge samples, and the
 simulation starts from v_0 = v_hat(x_0) plus the bridge's conditional spread of v given x at t_0; optionally refined
-by Langevin dynamics in v (``langevin_velocity``) with a velocity score learned by denoising on the same samples.
+by Langevin dynamics in v (``trajectory_sampling.langevin_velocity``) with a velocity score learned by denoising on the same samples.
 
-Stages (DMSB's alternation of forward and backward policies, in the model): a policy simulated from the data at
+Stages (DMSB's alternation of forward and backward policies, ``trajectory_stages``): a policy simulated from the data at
 its starting end gives chains through every pin; ``ot_project`` puts each simulated snapshot onto the data (the
 IPF projection onto that marginal, in sample form), and the other direction's policy is fitted by bridge matching
 on the new chains. The backward policy is the same construction on the mirrored clock (``MultiMarginalBridge.
@@ -37,7 +38,7 @@ All coefficients are computed in float64 from the pin times (they are the same f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -158,7 +159,7 @@ def momentum_drift_weights(pins: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Ten
 
 # ------------------------------------------------------------------------------------------------------------
 class MultiMarginalBridge:
-    """Conditional paths through chains pinned at ``times`` (n,), their drift targets, and the simulation.
+    """Conditional paths through chains pinned at ``times`` (n,) and their drift targets.
 
     Args:
         times: the pin times t_0 < ... < t_K (training snapshots; held-out ones are not pins).
@@ -250,62 +251,3 @@ class MultiMarginalBridge:
         S = S[0]
         cond = S[1, 1] - (S[0, 1] ** 2 / S[0, 0] if S[0, 0] > 1e-12 else 0.0)
         return self.sigma * float(cond.clamp_min(0).sqrt())
-
-
-@torch.no_grad()
-def langevin_velocity(score: Callable[[Tensor], Tensor], v: Tensor, step_sd: Tensor | float, steps: int,
-                      eta: float = 0.05, generator: torch.Generator | None = None) -> Tensor:
-    """Unadjusted Langevin dynamics in the velocity, the position held: v <- v + delta score(v) + sqrt(2 delta) xi
-    with delta = eta step_sd^2 (``step_sd`` (B, d), (B,) or a number: about the sd of v given x, so that a step
-    moves a fixed fraction of the law's width). On a Gaussian of that sd the stationary sd is
-    step_sd / sqrt(1 - eta / 2) (ULA's bias: 1.3% at eta 0.05)."""
-    if steps < 0 or not 0 < eta < 2:
-        raise ValueError(f"need langevin steps >= 0 and 0 < eta < 2, got {steps} and {eta}")
-    step_sd = torch.as_tensor(step_sd, dtype=v.dtype, device=v.device)
-    step_sd = step_sd[:, None] if step_sd.dim() == 1 else step_sd
-    delta = eta * step_sd ** 2
-    for _ in range(steps):
-        xi = torch.randn(v.shape, generator=generator).to(v)
-        v = v + delta * score(v) + (2 * delta).sqrt() * xi
-    return v
-
-
-def time_grid(knots: Sequence[float], steps: int) -> Tensor:
-    """An increasing float64 grid from knots[0] to knots[-1] with every knot on it and about ``steps`` steps in
-    all, spread over the segments in proportion to their lengths (at least one per segment)."""
-    knots = sorted(set(float(k) for k in knots))
-    span = knots[-1] - knots[0]
-    pieces = [torch.tensor([knots[0]], dtype=torch.float64)]
-    for a, b in zip(knots[:-1], knots[1:]):
-        n = max(1, round(steps * (b - a) / span)) if span > 0 else 1
-        pieces.append(torch.linspace(a, b, n + 1, dtype=torch.float64)[1:])
-    return torch.cat(pieces)
-
-
-@torch.no_grad()
-def simulate(drift: Callable[[Tensor, Tensor | None, Tensor], Tensor], x0: Tensor, v0: Tensor | None, grid: Tensor,
-             sigma: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-    """Integrate the learned dynamics on ``grid`` from (x0[, v0]) at grid[0]; returns the x path (N, B, d) and the v
-    path (or None). First order: Euler-Maruyama. Momentum: the double integrator's exact step with the drift held
-    over the step, x += v h + a h^2 / 2, v += a h, plus its exact noise sigma^2 [[h^3/3, h^2/2], [h^2/2, h]]."""
-    x, v = x0, v0
-    xs, vs = [x], [v] if v is not None else None
-    for i in range(len(grid) - 1):
-        t, h = float(grid[i]), float(grid[i + 1] - grid[i])
-        tt = torch.full((len(x),), t, device=x.device, dtype=x.dtype)
-        f = drift(x, v, tt)
-        z = torch.randn(2, *x.shape, generator=generator).to(x) if sigma > 0 else None
-        if v is None:
-            x = x + f * h + (sigma * math.sqrt(h) * z[0] if z is not None else 0)
-        else:
-            nx, nv = x + v * h + f * h * h / 2, v + f * h
-            if z is not None:  # Cholesky of [[h^3/3, h^2/2], [h^2/2, h]]
-                l11 = math.sqrt(h ** 3 / 3)
-                l21 = (h * h / 2) / l11
-                l22 = math.sqrt(max(h - l21 * l21, 0.0))
-                nx = nx + sigma * l11 * z[0]
-                nv = nv + sigma * (l21 * z[0] + l22 * z[1])
-            x, v = nx, nv
-            vs.append(v)
-        xs.append(x)
-    return torch.stack(xs), (torch.stack(vs) if vs is not None else None)

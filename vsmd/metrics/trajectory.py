@@ -10,6 +10,7 @@
 - ``ot_interpolation``: the displacement (McCann) interpolation of two snapshots under their exact OT plan, a
   trivial prediction of a snapshot between them that any trajectory model should beat.
 - ``snapshot_metrics``: the test report's table of all of these at every snapshot, with the trivial baselines.
+- ``evaluate_snapshots``: simulated paths in, that table plus the paths' smoothness out (what ``vsmd test`` reports).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+from vsmd.metrics.health import sample_problem
 
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the reference set's median pairwise distance
 METRIC_NOTES = {"w1": "exact W1, Euclidean cost (POT)",
@@ -136,3 +139,21 @@ def snapshot_metrics(times: list[float], real: list, predicted: dict, holdout: l
         metrics["w1_mean_holdout"] = float(np.mean([metrics[f"w1_holdout_t{k}"] for k in holdout]))
         metrics["baseline_w1_mean_holdout"] = float(np.mean([metrics[f"baseline_w1_holdout_t{k}"] for k in holdout]))
     return metrics
+
+
+def state_at(paths: Tensor, grid: Tensor, t: float) -> Tensor:
+    """The paths' (N, B, d) state at the grid point nearest to time t."""
+    return paths[int((grid - t).abs().argmin())]
+
+
+def evaluate_snapshots(times: list[float], real: list, paths: Tensor, grid: Tensor, holdout: list[int],
+                       train: list[int]) -> tuple[dict[str, float], dict[int, Tensor], str | None]:
+    """The test report of paths (N, B, d) simulated on ``grid`` (N,) from the first snapshot: ``snapshot_metrics``
+    of their states at every later snapshot time (the grid point nearest to it) against the ``real`` points, with
+    the trivial baselines, and ``mean_squared_acceleration`` along the paths. Returns (metrics, the predicted points
+    per snapshot k >= 1, None or what is wrong with the paths: the model's scores are then NaN)."""
+    predicted = {k: state_at(paths, grid, t).cpu() for k, t in enumerate(times) if k > 0}
+    problem = sample_problem(paths, max(float(p.abs().max()) for p in real))  # NaN scores as 0 in POT
+    metrics = snapshot_metrics(times, real, predicted, holdout, train, bool(problem))
+    metrics["mean_squared_acceleration"] = float("nan") if problem else mean_squared_acceleration(paths, grid)
+    return metrics, predicted, problem

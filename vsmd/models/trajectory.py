@@ -1,5 +1,8 @@
 """Trajectory inference from snapshots: a multi-marginal bridge (momentum or first order) learned by bridge
-matching (vsmd.diffusion.trajectory), evaluated at every snapshot and at the held-out ones."""
+matching (vsmd.diffusion.trajectory), evaluated at every snapshot and at the held-out ones.
+
+The module orchestrates: the math of the bridges, their objective, DMSB's stages and the samplers are in
+vsmd.diffusion.trajectory*, the evaluation in vsmd.metrics.trajectory.evaluate_snapshots."""
 
 from __future__ import annotations
 
@@ -11,30 +14,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vsmd.diffusion import trajectory_sampling as sampling
+from vsmd.diffusion import trajectory_stages as stages
 from vsmd.diffusion import trajectory_time as units
-from vsmd.diffusion.trajectory import (DYNAMICS, MultiMarginalBridge, langevin_velocity, ot_chain, ot_project,
-                                       simulate, time_grid)
+from vsmd.diffusion.trajectory import DYNAMICS, MultiMarginalBridge, ot_chain
+from vsmd.diffusion.trajectory_objective import BridgeMatchingLoss
+from vsmd.diffusion.trajectory_sampling import check_sampler
 from vsmd.metrics import DivergedSamplesError, sample_problem, write_json
-from vsmd.metrics.trajectory import METRIC_NOTES, mean_squared_acceleration, snapshot_metrics
+from vsmd.metrics.trajectory import METRIC_NOTES, evaluate_snapshots, state_at
+from vsmd.models import ema as ema_lib
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import plt, snapshot_trajectories_figure
 
-
-SAMPLERS = ("phase", "marginal")
 DIVERGED_ADVICE = ("The learned dynamics diverged: a barely trained model, too few sample_steps or a reference noise "
                    "far larger than the data; train longer or with a lower lr, or raise sample_steps.")
-
-
-def _heun(field, x: Tensor, knots: list[float]) -> list[Tensor]:
-    """Heun's method for dy/ds = field(y, s) through ``knots`` from y = x; returns the states at every knot."""
-    states = [x]
-    for a, b in zip(knots[:-1], knots[1:]):
-        k1 = field(x, a)
-        k2 = field(x + (b - a) * k1, b)
-        x = x + (b - a) / 2 * (k1 + k2)
-        states.append(x)
-    return states
+NETS = {"net": "forward", "vnet": "velocity", "bnet": "backward", "snet": "velocity_score", "fnet": "velocity_flow"}
 
 
 class TrajectoryBridge(PhaseSpaceModule):
@@ -99,9 +94,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             raise ValueError(f"sigma and sigma_min must be >= 0, got {sigma} and {sigma_min}")
         if sigma_min > 0 and dynamics == "momentum":
             raise ValueError("sigma_min is the first-order (OT-CFM) blur; the momentum bridge's noise is sigma")
-        if sampler not in SAMPLERS or (sampler != "phase" and dynamics != "momentum"):
-            raise ValueError(f"sampler must be one of {SAMPLERS} ('marginal' for dynamics momentum only), got "
-                             f"{sampler!r} with dynamics {dynamics!r}")
+        check_sampler(sampler, dynamics)
         if data_dim < 1 or sample_steps < 2 or not lr > 0:
             raise ValueError(f"need data_dim >= 1, sample_steps >= 2 and lr > 0; got {data_dim}, {sample_steps}, {lr}")
         if stages < 0 or stage_steps < 1 or pool_size < 2 or langevin_steps < 0 or not 0 < langevin_eta < 2:
@@ -126,16 +119,15 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.snet = MLPScoreNet(data_dim, 2, hidden, depth) if langevin_steps > 0 else None
         # the conditional flow of v given x at the end snapshots (time input: [0, 499] at t_0, [500, 999] at t_K)
         self.fnet = MLPScoreNet(data_dim, 2, hidden, depth) if velocity_flow_steps > 0 else None
-        self.net_ema = self.make_ema(self.net, ema_decay)
-        self.vnet_ema = self.make_ema(self.vnet, ema_decay) if self.vnet is not None else None
-        self.bnet_ema = self.make_ema(self.bnet, ema_decay) if self.bnet is not None else None
-        self.snet_ema = self.make_ema(self.snet, ema_decay) if self.snet is not None else None
-        self.fnet_ema = self.make_ema(self.fnet, ema_decay) if self.fnet is not None else None
+        for name in NETS:  # each network's EMA copy (None without the network or with ema_decay 0)
+            net = getattr(self, name)
+            setattr(self, f"{name}_ema", self.make_ema(net, ema_decay) if net is not None else None)
         self.pins: list[float] | None = None  # training snapshot times on the internal clock (see _set_times)
         self.data_pins, self.time_exponent = None, 0  # the same in the data's units (kept in the checkpoint)
         self.data_identity: dict | None = None  # the training file's path and fingerprint (dm.identity)
         self.snapshot_times: list[float] | None = None
-        self.bridge: MultiMarginalBridge | None = None
+        self.reference: MultiMarginalBridge | None = None  # the reference process pinned at the training snapshots
+        self.objective: BridgeMatchingLoss | None = None
         self.pool: Tensor | None = None  # the current stage's chains (pool_size, K + 1, d)
         self.pool_stage = 0
         self.stage_history: list[dict[str, Any]] = []
@@ -150,8 +142,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.time_exponent = units.time_exponent(pins) if exponent is None else int(exponent)
         self.pins = [units.to_internal(t, self.time_exponent) for t in self.data_pins]
         sigma = units.internal_sigma(self.hparams.sigma, self.hparams.dynamics, self.time_exponent)
-        self.bridge = MultiMarginalBridge(self.pins, self.hparams.dynamics, sigma)
-        self.bridge_rev = self.bridge.reversed()
+        self.reference = MultiMarginalBridge(self.pins, self.hparams.dynamics, sigma)
+        self.objective = BridgeMatchingLoss(self.reference, self.hparams.sigma_min)
 
     def _dm(self):
         dm = getattr(self.trainer, "datamodule", None)
@@ -173,11 +165,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.data_identity = dm.identity
         self._set_times(pins, dm.times, self.time_exponent if self.pins is not None else None)
         data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
-        units.check_noise(self.bridge, data_sd, self.hparams.sigma, self.time_exponent)
-        h, max_steps = self.hparams, self.trainer.max_steps
-        if h.stages > 0 and max_steps is not None and 0 < max_steps <= h.stages * h.stage_steps:
-            raise ValueError(f"trainer.max_steps {max_steps} ends before the last stage starts (stage {h.stages} at "
-                             f"step {h.stages * h.stage_steps}); raise max_steps, or lower stages or stage_steps")
+        units.check_noise(self.reference, data_sd, self.hparams.sigma, self.time_exponent)
+        stages.check_schedule(self.hparams.stages, self.hparams.stage_steps, self.trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
@@ -194,91 +183,58 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.stage_history = list(info.get("stage_history", []))
 
     # ----------------------------------------------------------------------------------------------
-    # DMSB's stages.
+    # DMSB's stages (vsmd.diffusion.trajectory_stages).
     def stage_at(self, step: int) -> int:
         """The stage that training step ``step`` belongs to."""
-        return min(step // self.hparams.stage_steps, self.hparams.stages)
+        return stages.stage_at(step, self.hparams.stage_steps, self.hparams.stages)
 
-    @staticmethod
-    def stage_plan(stage: int) -> tuple[str | None, tuple[str, ...]]:
-        """(the policy a stage simulates, the policies it fits): stage 0 simulates none and fits both on OT chains;
-        odd stages simulate the backward policy and fit the forward one; even stages the reverse."""
-        if stage == 0:
-            return None, ("forward", "backward")
-        return ("backward", ("forward",)) if stage % 2 else ("forward", ("backward",))
+    stage_plan = staticmethod(stages.stage_plan)
 
     def _evaluated(self, name: str) -> torch.nn.Module:
         """The network ``name`` as evaluation uses it: its EMA copy if it has one."""
-        ema = getattr(self, f"{name}_ema")
-        return ema.module if ema is not None else getattr(self, name)
-
-    def _policy(self, direction: str):
-        return self._evaluated("net" if direction == "forward" else "bnet")
+        return ema_lib.evaluated(getattr(self, name), getattr(self, f"{name}_ema"))
 
     def start_velocity(self, x: Tensor, t: float, generator: torch.Generator) -> Tensor:
         """The velocity at a snapshot at time t given positions x: from the conditional flow at the first and last
         snapshot if the model has one, else E[v | x, t] plus the bridge's conditional spread; then (with a velocity
-        score) ``langevin_steps`` of Langevin dynamics in v with the learned score -eps(x, v, t) / spread, steps
-        scaled by the spread (the score varies on that scale)."""
-        c = self._c(torch.full((len(x),), t, device=x.device))
-        spread = self.bridge.velocity_spread(t)
-        if self.fnet is not None and t in (self.pins[0], self.pins[-1]):
-            v = self.flow_velocity(x, t == self.pins[-1], generator)
-        else:
-            v = self._evaluated("vnet")(x, c) + spread * torch.randn(x.shape, generator=generator).to(x)
-        if self.snet is None or self.hparams.langevin_steps == 0:
-            return v
-        snet = self._evaluated("snet")
-        return langevin_velocity(lambda u: -snet(torch.cat([x, u], 1), c) / spread, v, spread,
-                                 self.hparams.langevin_steps, self.hparams.langevin_eta, generator)
-
-    def _flow_c(self, tau: Tensor, last: bool) -> Tensor:
-        return 499.0 * tau + (500.0 if last else 0.0)
+        score) ``langevin_steps`` of Langevin dynamics in v (vsmd.diffusion.trajectory_sampling.start_velocity)."""
+        c = sampling.network_time(torch.full((len(x),), t, device=x.device), self.pins[0], self.pins[-1])
+        vnet, snet = self._evaluated("vnet"), self._evaluated("snet") if self.snet is not None else None
+        flow = self.fnet is not None and t in (self.pins[0], self.pins[-1])
+        return sampling.start_velocity(
+            x, self.reference.velocity_spread(t), generator, mean=lambda y: vnet(y, c),
+            flow=(lambda: self.flow_velocity(x, t == self.pins[-1], generator)) if flow else None,
+            noise=(lambda u: snet(torch.cat([x, u], 1), c)) if snet is not None else None,
+            langevin_steps=self.hparams.langevin_steps, langevin_eta=self.hparams.langevin_eta)
 
     @torch.no_grad()
     def flow_velocity(self, x: Tensor, last: bool, generator: torch.Generator) -> Tensor:
         """v given x at the first (or last) snapshot by the conditional flow: Heun from N(0, I) over tau in [0, 1]."""
-        net = self._evaluated("fnet")
-        v = torch.randn(x.shape, generator=generator).to(x)
-        taus = torch.linspace(0, 1, self.hparams.velocity_flow_steps + 1).tolist()
-        return _heun(lambda u, s: net(torch.cat([x, u], 1), self._flow_c(torch.full((len(x),), s, device=x.device),
-                                                                          last)), v, taus)[-1]
-
-    def _flow_loss(self, chain: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Flow matching of v given x at both end pins: pairs from the bridge's closed-form law there (x is the
-        chain's point, v its kriging law), straight paths from N(0, I)."""
-        losses = []
-        for last, t in ((False, self.pins[0]), (True, self.pins[-1])):
-            tt = torch.full((len(chain),), t, dtype=torch.float64)
-            x, v = self.bridge.sample(chain, tt, generator)[:2]
-            z = torch.randn(v.shape, generator=generator).to(v)
-            tau = torch.rand(len(v), generator=generator).to(v)
-            v_tau = (1 - tau[:, None]) * z + tau[:, None] * v
-            pred = self.fnet(torch.cat([x, v_tau], 1), self._flow_c(tau, last))
-            losses.append((pred - (v - z)).pow(2).sum(1).mean())
-        return sum(losses) / 2
+        return sampling.flow_velocity(self._evaluated("fnet"), x, last, self.hparams.velocity_flow_steps, generator)
 
     def _drift(self, policy):
         """The simulator's drift(x, v, t) of a policy network (v is None for first-order dynamics)."""
+        t0, t1 = self.pins[0], self.pins[-1]
         if self.momentum:
-            return lambda x, v, t: policy(torch.cat([x, v], 1), self._c(t))
-        return lambda x, v, t: policy(x, self._c(t))
+            return lambda x, v, t: policy(torch.cat([x, v], 1), sampling.network_time(t, t0, t1))
+        return lambda x, v, t: policy(x, sampling.network_time(t, t0, t1))
 
     @torch.no_grad()
     def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
                       steps: int | None = None) -> Tensor:
         """Simulate a policy from positions at its starting end (t_0 forward, t_K backward) through every pin;
         returns the positions at the pins in forward order, (B, K + 1, d)."""
-        bridge = self.bridge if direction == "forward" else self.bridge_rev
-        grid = time_grid(bridge.times.tolist(), steps or self.hparams.sample_steps)
-        policy = self._policy(direction)
+        bridge = self.reference if direction == "forward" else self.objective.mirrored
+        grid = sampling.time_grid(bridge.times.tolist(), steps or self.hparams.sample_steps)
+        policy = self._evaluated("net" if direction == "forward" else "bnet")
         x0 = x_start.to(self.device).float()
         v0 = None
         if self.momentum:
             t_start = self.pins[0] if direction == "forward" else self.pins[-1]
             v0 = self.start_velocity(x0, t_start, generator)
             v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
-        xs, _ = simulate(self._drift(policy), x0, v0, grid.to(torch.float32), self.bridge.sigma, generator)
+        xs, _ = sampling.simulate_paths(self._drift(policy), x0, v0, grid.to(torch.float32), self.reference.sigma,
+                                        generator)
         at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
         chain = xs[at].transpose(0, 1)
         return chain if direction == "forward" else chain.flip(1)
@@ -286,93 +242,41 @@ class TrajectoryBridge(PhaseSpaceModule):
     @torch.no_grad()
     def build_pool(self, stage: int) -> None:
         """Stage ``stage``'s chains: the simulating policy's paths from resampled data at its end, each simulated
-        snapshot OT-projected onto the data there."""
-        simulated, fits = self.stage_plan(stage)
+        snapshot OT-projected onto the data there (vsmd.diffusion.trajectory_stages.build_pool)."""
         dm = self._dm()
         snaps = dm.snapshots("train")
         data = [snaps.points[i].to(self.device) for i in dm.train_indices]
-        gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + 7919 * stage + 1)
-        start = time.perf_counter()
-        end = data[0] if simulated == "forward" else data[-1]
-        x_start = end[torch.randint(len(end), (self.hparams.pool_size,), generator=gen)]
-        chain = self.simulate_pins(simulated, x_start, gen)
-        sim_seconds = time.perf_counter() - start
-        moved, k_start = [], 0 if simulated == "forward" else chain.shape[1] - 1  # the start: data already
-        for k in range(chain.shape[1]):
-            if k == k_start:
-                moved.append(0.0)
-                continue
-            projected = ot_project(chain[:, k], data[k], gen)
-            moved.append(float((projected - chain[:, k]).pow(2).sum(1).mean().sqrt()))
-            chain[:, k] = projected
-        self.pool, self.pool_stage = chain.float(), stage
-        entry = {"stage": stage, "step": int(self.global_step), "simulated": simulated, "fits": list(fits),
-                 "simulate_seconds": sim_seconds, "seconds": time.perf_counter() - start,
-                 "rms_projection_shift": moved}
+        pool = stages.build_pool(stage, self.simulate_pins, data, self.hparams.pool_size,
+                                 stages.pool_generator(self.hparams.seed, stage))
+        self.pool, self.pool_stage = pool.chains, stage
+        entry = pool.history_entry(self.global_step)
         self.stage_history.append(entry)
+        moved = pool.rms_projection_shift
         self.log_dict({"stage/index": float(stage), "stage/rms_projection_shift": float(np.mean(moved))})
-        print(f"stage {stage} at step {entry['step']}: simulated the {simulated} policy ({len(chain)} paths, "
-              f"{entry['seconds']:.1f} s); rms shift onto the data per snapshot "
-              f"{', '.join(f'{m:.3f}' for m in moved)}; fitting the {' and '.join(fits)} policy")
+        print(f"stage {stage} at step {entry['step']}: simulated the {pool.simulated} policy ({len(pool.chains)} "
+              f"paths, {entry['seconds']:.1f} s); rms shift onto the data per snapshot "
+              f"{', '.join(f'{m:.3f}' for m in moved)}; fitting the {' and '.join(pool.fits)} policy")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self.stage_at(self.global_step)
         if stage > 0 and (stage != self.pool_stage or self.pool is None):
             self.build_pool(stage)
 
-    def _c(self, t: Tensor) -> Tensor:
-        """The network's time input: 999 (t - t_0) / (t_K - t_0)."""
-        t0, t1 = self.pins[0], self.pins[-1]
-        return 999.0 * (t - t0) / (t1 - t0)
-
     # ----------------------------------------------------------------------------------------------
-    def _drift_loss(self, net, bridge: MultiMarginalBridge, chain: Tensor, generator: torch.Generator | None
-                    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
-        t = bridge.sample_times(len(chain), generator).to(chain.device)
-        sample = bridge.sample(chain, t, generator, velocity_noise=self.snet is not None and bridge is self.bridge)
-        x, v, target = sample[0], sample[1], sample[2]
-        if self.hparams.sigma_min > 0:
-            x = x + self.hparams.sigma_min * torch.randn(x.shape, generator=generator).to(x)
-        c, w = self._c(t).float(), bridge.loss_weight(t).float()
-        if net is None:  # only the samples (the drift is not fitted in this stage)
-            return None, (x, *sample[1:]), c
-        pred = net(torch.cat([x, v], 1), c) if self.momentum else net(x, c)
-        return ((pred - target).pow(2).sum(1) * w).mean(), (x, *sample[1:]), c
-
     def loss(self, batch: list[Tensor] | Tensor, generator: torch.Generator | None = None,
              fit: tuple[str, ...] = ("forward", "backward")) -> tuple[Tensor, dict[str, float]]:
         """Bridge matching on chains: OT chains of a list of snapshot batches, or given chains (B, K + 1, d). ``fit``
         names the policies to fit (the backward one only if the model has stages); the velocity networks are always
-        fitted."""
+        fitted (vsmd.diffusion.trajectory_objective)."""
         chain = batch if isinstance(batch, Tensor) else ot_chain(batch)
-        drift_loss, sample, c = self._drift_loss(self.net if "forward" in fit else None, self.bridge, chain,
-                                                 generator)
-        parts = {}
-        total = drift_loss if drift_loss is not None else chain.new_zeros(())
-        if drift_loss is not None:
-            parts["drift"] = float(drift_loss.detach())
-        if self.momentum:
-            x, v, _, v_target = sample[:4]
-            v_loss = (self.vnet(x, c) - v_target).pow(2).sum(1).mean()
-            total, parts["velocity"] = total + v_loss, float(v_loss.detach())
-            if self.snet is not None:  # denoising: the noise of v given x on its bridge
-                eps = sample[4]
-                s_loss = (self.snet(torch.cat([x, v], 1), c) - eps).pow(2).sum(1).mean()
-                total, parts["velocity_score"] = total + s_loss, float(s_loss.detach())
-            if self.fnet is not None:
-                f_loss = self._flow_loss(chain, generator)
-                total, parts["velocity_flow"] = total + f_loss, float(f_loss.detach())
-        if self.bnet is not None and "backward" in fit:
-            b_loss = self._drift_loss(self.bnet, self.bridge_rev, chain.flip(1), generator)[0]
-            total, parts["backward_drift"] = total + b_loss, float(b_loss.detach())
-        return total, parts
+        return self.objective(chain, {role: getattr(self, name) for name, role in NETS.items()}, fit, generator)
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         if self.hparams.stages > 0:  # randomness from (seed, step): a resumed stage continues exactly
-            gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + int(self.global_step) + 17)
+            gen = stages.step_generator(self.hparams.seed, self.global_step)
             stage = self.stage_at(self.global_step)
             if stage > 0:
-                batch = self.pool[torch.randint(len(self.pool), (len(batch[0]),), generator=gen)]
+                batch = stages.draw_chains(self.pool, len(batch[0]), gen)
             loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
         else:
             loss, parts = self.loss(batch)
@@ -386,8 +290,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         return loss
 
     def _nets(self) -> list[tuple[torch.nn.Module, Any]]:
-        return [(n, e) for n, e in ((self.net, self.net_ema), (self.vnet, self.vnet_ema), (self.bnet, self.bnet_ema),
-                                    (self.snet, self.snet_ema), (self.fnet, self.fnet_ema)) if n is not None]
+        return [(getattr(self, n), getattr(self, f"{n}_ema")) for n in NETS if getattr(self, n) is not None]
 
     def configure_optimizers(self):
         params = [p for net, _ in self._nets() for p in net.parameters()]
@@ -395,9 +298,7 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        for net, ema in self._nets():
-            if ema is not None:
-                ema.update_parameters(net)
+        ema_lib.update_ema(self._nets())
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -415,18 +316,16 @@ class TrajectoryBridge(PhaseSpaceModule):
                              "between the first and the last training snapshot")
         gen = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
         lo, hi, e = self.pins[0], self.pins[-1], self.time_exponent
-        grid = time_grid([lo, hi, *(units.to_internal(t, e) for t in times)], steps or self.hparams.sample_steps)
+        grid = sampling.time_grid([lo, hi, *(units.to_internal(t, e) for t in times)],
+                                  steps or self.hparams.sample_steps)
         x0 = x0.to(self.device).float()
         if self.momentum and self.hparams.get("sampler", "phase") == "marginal":  # dx/dt = E[v | x, t]
-            vnet = self._evaluated("vnet")
-            xs = _heun(lambda x, s: vnet(x, self._c(torch.full((len(x),), s, device=x.device))), x0, grid.tolist())
-            return torch.stack(xs), units.to_data_units(grid, e), 2 * (len(grid) - 1)
+            xs = sampling.marginal_paths(self._evaluated("vnet"), x0, grid, lo, hi)
+            return xs, units.to_data_units(grid, e), 2 * (len(grid) - 1)
         v0 = self.start_velocity(x0, lo, gen) if self.momentum else None
-        xs, _ = simulate(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32), self.bridge.sigma, gen)
+        xs, _ = sampling.simulate_paths(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32),
+                                        self.reference.sigma, gen)
         return xs, units.to_data_units(grid, e), len(grid) - 1 + (1 if self.momentum else 0)
-
-    def _at(self, xs: Tensor, grid: Tensor, t: float) -> Tensor:
-        return xs[int((grid - t).abs().argmin())]
 
     # ----------------------------------------------------------------------------------------------
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -443,10 +342,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         start = time.perf_counter()
         xs, grid, nfe = self.trajectories(x0, snaps.times)
         wall = time.perf_counter() - start
-        predicted = {k: self._at(xs, grid, t).cpu() for k, t in enumerate(snaps.times) if k > 0}
-        problem = sample_problem(xs, max(float(p.abs().max()) for p in snaps.points))  # NaN scores as 0 in POT
-        metrics = snapshot_metrics(snaps.times, snaps.points, predicted, dm.holdout, dm.train_indices, bool(problem))
-        metrics["mean_squared_acceleration"] = float("nan") if problem else mean_squared_acceleration(xs, grid)
+        metrics, predicted, problem = evaluate_snapshots(snaps.times, snaps.points, xs, grid, dm.holdout,
+                                                         dm.train_indices)
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "space": dm.space, "dynamics": h.dynamics, "sigma": h.sigma,
                       "sampler": h.get("sampler", "phase"),
@@ -484,7 +381,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         g = torch.Generator().manual_seed(self.hparams.seed + 2)
         x0 = snaps.points[0][torch.randint(len(snaps.points[0]), (dm.n_predict,), generator=g)]
         xs, grid, nfe = self.trajectories(x0, times, seed=self.hparams.seed + 2)
-        samples = torch.stack([self._at(xs, grid, t) for t in times]).cpu().numpy()
+        samples = torch.stack([state_at(xs, grid, t) for t in times]).cpu().numpy()
         out = self.run_dir()
         np.savez(out / "samples.npz", times=np.asarray(times), samples=samples, paths=xs.cpu().numpy(),
                  grid=grid.numpy())
