@@ -46,6 +46,16 @@ from torch import Tensor
 DYNAMICS = ("first_order", "momentum")
 
 
+def check_reference(dynamics: str, sigma: float, sigma_min: float = 0.0) -> None:
+    """The reference process of a trajectory model: its dynamics, noise, and (first order only) blur."""
+    if dynamics not in DYNAMICS:
+        raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
+    if not sigma >= 0 or not sigma_min >= 0:
+        raise ValueError(f"sigma and sigma_min must be >= 0, got {sigma} and {sigma_min}")
+    if sigma_min > 0 and dynamics == "momentum":
+        raise ValueError("sigma_min is the first-order (OT-CFM) blur; the momentum bridge's noise is sigma")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Couplings.
 def ot_permutation(a: Tensor, b: Tensor) -> Tensor:

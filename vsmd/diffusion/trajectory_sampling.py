@@ -2,6 +2,16 @@
 times, the simulation of the learned phase-space (or first-order) dynamics, the marginal ODE of the velocity field,
 and the velocity at a snapshot (E[v | x] plus the bridge's spread, the conditional flow, Langevin refinement).
 
+Two ways to simulate a momentum model (``TRAJECTORY_SAMPLERS``): "phase" integrates the learned phase-space dynamics
+(x, v) with the drift network from a start velocity; "marginal" integrates the first-order ODE dx/dt = E[v | x, t] of
+the velocity network (Heun, 2 NFE a step). Since x' = v on every bridge path, that field carries the bridge mixture's
+x-marginals exactly, whatever the drift network's error, which in the phase-space simulation compounds through v;
+its paths are less smooth. The start velocity is E[v | x] plus the bridge's conditional spread, or (with a velocity
+flow) a draw of the conditional flow of v given x at the first and last snapshot, fitted by flow matching from
+N(0, I) on the bridge's closed-form pairs (x, v) at the end pins of each chain: once the stages' chains come from
+simulations, v given x is broad or multimodal (chains through one point head to different places), and the mean
+plus one bridge's spread collapses it. Either can be refined by Langevin dynamics in v with a learned velocity score.
+
 The networks come in as callables on the internal clock; ``network_time`` and ``flow_time`` are their time inputs.
 ``TRAJECTORY_SAMPLERS`` are the values of the trajectory model's ``sampler`` option (not the score samplers of
 ``vsmd.diffusion.SAMPLERS``).
@@ -15,13 +25,27 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from vsmd.diffusion.trajectory import MultiMarginalBridge
+
 TRAJECTORY_SAMPLERS = ("phase", "marginal")  # the phase-space simulation; the marginal ODE dx/dt = E[v | x, t]
 
 
-def check_sampler(sampler: str, dynamics: str) -> None:
+def check_sampling(sampler: str, dynamics: str, sigma: float, langevin_steps: int = 0, langevin_eta: float = 0.05,
+                   velocity_flow_steps: int = 0) -> None:
+    """The sampling settings of a trajectory model: its ``sampler`` and how it draws the start velocity."""
     if sampler not in TRAJECTORY_SAMPLERS or (sampler != "phase" and dynamics != "momentum"):
         raise ValueError(f"sampler must be one of {TRAJECTORY_SAMPLERS} ('marginal' for dynamics momentum only), got "
                          f"{sampler!r} with dynamics {dynamics!r}")
+    if langevin_steps < 0 or not 0 < langevin_eta < 2:
+        raise ValueError(f"need langevin_steps >= 0 and 0 < langevin_eta < 2; got {langevin_steps} and {langevin_eta}")
+    if (langevin_steps > 0 or velocity_flow_steps > 0) and dynamics != "momentum":
+        raise ValueError("langevin_steps and velocity_flow_steps sample the velocity: they are for dynamics "
+                         "momentum")
+    if velocity_flow_steps < 0:
+        raise ValueError(f"velocity_flow_steps must be >= 0, got {velocity_flow_steps}")
+    if langevin_steps > 0 and not sigma > 0:
+        raise ValueError("langevin_steps needs sigma > 0 (with sigma 0 the velocity given the position is a point "
+                         "mass on each bridge and has no score)")
 
 
 def network_time(t: Tensor, t0: float, t1: float) -> Tensor:
@@ -104,6 +128,18 @@ def simulate_paths(drift: Callable[[Tensor, Tensor | None, Tensor], Tensor], x0:
             vs.append(v)
         xs.append(x)
     return torch.stack(xs), (torch.stack(vs) if vs is not None else None)
+
+
+@torch.no_grad()
+def simulate_through_pins(drift: Callable[[Tensor, Tensor | None, Tensor], Tensor], bridge: MultiMarginalBridge,
+                          x0: Tensor, v0: Tensor | None, steps: int, generator: torch.Generator | None = None
+                          ) -> Tensor:
+    """``simulate_paths`` on a grid of about ``steps`` steps through the pins of ``bridge`` (its clock, its noise)
+    from (x0[, v0]) at its first pin; returns the positions at the pins in the bridge's order, (B, n, d)."""
+    grid = time_grid(bridge.times.tolist(), steps)
+    xs, _ = simulate_paths(drift, x0, v0, grid.to(torch.float32), bridge.sigma, generator)
+    at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
+    return xs[at].transpose(0, 1)
 
 
 @torch.no_grad()

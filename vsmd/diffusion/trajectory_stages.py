@@ -22,6 +22,12 @@ from vsmd.diffusion.trajectory import ot_project
 POLICIES = ("forward", "backward")
 
 
+def check_stage_options(stages: int, stage_steps: int, pool_size: int) -> None:
+    if stages < 0 or stage_steps < 1 or pool_size < 2:
+        raise ValueError(f"need stages >= 0, stage_steps >= 1 and pool_size >= 2; got {stages}, {stage_steps} and "
+                         f"{pool_size}")
+
+
 def check_schedule(stages: int, stage_steps: int, max_steps: int | None) -> None:
     """The last stage must start before training ends."""
     if stages > 0 and max_steps is not None and 0 < max_steps <= stages * stage_steps:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from vsmd.diffusion.trajectory import spline_kriging
+
 MIN_GAP_FRACTION = 1e-2  # smallest allowed (gap between consecutive pins) / (span of the pins)
 MAX_NOISE_RATIO = 10.0  # largest allowed (the bridge's position sd between the pins) / (the data's sd)
 
@@ -61,7 +63,6 @@ def check_pin_gaps(pins: Sequence[float]) -> None:
 
 def bridge_position_sd(bridge, points: int = 200) -> float:
     """The largest standard deviation of the bridge's position between the pins (per dimension), on a grid."""
-    from vsmd.diffusion.trajectory import spline_kriging
 
     lo, hi = float(bridge.times[0]), float(bridge.times[-1])
     t = torch.linspace(lo, hi, points + 2, dtype=torch.float64)[1:-1]
@@ -85,3 +86,11 @@ def check_noise(bridge, data_sd: float, sigma: float, exponent: int) -> None:
                          f"{noise / data_sd:.3g} times the data's sd {data_sd:.3g} (at most {MAX_NOISE_RATIO:g} "
                          "is allowed: the paths would be noise). Lower model.init_args.sigma, or give the times in "
                          "larger units (e.g. days instead of seconds).")
+
+
+def check_in_span(times: Sequence[float], lo: float, hi: float) -> None:
+    """Times (data units) must lie in the trained span [lo, hi] (up to 1e-9 of it)."""
+    bad = [t for t in times if not lo - 1e-9 * (hi - lo) <= t <= hi + 1e-9 * (hi - lo)]
+    if bad:
+        raise ValueError(f"times {bad} are outside the trained span [{lo:g}, {hi:g}]; the bridge is only defined "
+                         "between the first and the last training snapshot")

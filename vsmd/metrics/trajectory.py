@@ -11,16 +11,24 @@
   trivial prediction of a snapshot between them that any trajectory model should beat.
 - ``snapshot_metrics``: the test report's table of all of these at every snapshot, with the trivial baselines.
 - ``evaluate_snapshots``: simulated paths in, that table plus the paths' smoothness out (what ``vsmd test`` reports).
+- ``write_test_outputs`` and ``write_predictions``: the files ``vsmd test`` and ``vsmd predict`` write for a
+  trajectory model (the report, the figure, the samples), and the refusal of diverged paths.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vsmd.metrics.health import sample_problem
+from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
+from vsmd.plotting import plt, snapshot_trajectories_figure
 
+DIVERGED_ADVICE = ("The learned dynamics diverged: a barely trained model, too few sample_steps or a reference noise "
+                   "far larger than the data; train longer or with a lower lr, or raise sample_steps.")
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the reference set's median pairwise distance
 METRIC_NOTES = {"w1": "exact W1, Euclidean cost (POT)",
                 "mmd": "sqrt of the biased MMD^2, Gaussian kernels at 0.25..4 x the real set's median distance",
@@ -157,3 +165,41 @@ def evaluate_snapshots(times: list[float], real: list, paths: Tensor, grid: Tens
     metrics = snapshot_metrics(times, real, predicted, holdout, train, bool(problem))
     metrics["mean_squared_acceleration"] = float("nan") if problem else mean_squared_acceleration(paths, grid)
     return metrics, predicted, problem
+
+
+def write_test_outputs(out: Path, report: dict, snapshots: list[Tensor], times: list[float], paths: Tensor,
+                       grid: Tensor, holdout: list[int], predicted: dict[int, Tensor], title: str) -> Path:
+    """Write the test report (``report``, with its ``metrics`` and ``samples_problem``) to test_metrics.json and the
+    paths over the snapshots to test_trajectories.png in ``out``, and print the metrics. Unusable paths: write them
+    to test_samples.npz instead of the figure and raise DivergedSamplesError. Returns the report's path."""
+    path = write_json(out / "test_metrics.json", report)
+    if report["samples_problem"]:
+        np.savez(out / "test_samples.npz", paths=paths.cpu().numpy(), times=np.asarray(times))
+        raise DivergedSamplesError(f"the simulated trajectories are unusable: {report['samples_problem']}. "
+                                   f"The metrics in {path} are null; the paths are in {out / 'test_samples.npz'} "
+                                   f"for inspection. {DIVERGED_ADVICE}")
+    fig = snapshot_trajectories_figure(snapshots, times, paths, holdout, predicted, grid=grid, title=title)
+    fig.savefig(out / "test_trajectories.png", dpi=110)
+    plt.close(fig)
+    lines = [f"  {k:<34} {v:.5g}" for k, v in report["metrics"].items()]
+    print("\n".join([f"test metrics ({report['space']}; NFE {report['nfe']}, {report['sampling_seconds']:.2f} s):",
+                     *lines, f"written to {path}"]))
+    return path
+
+
+def write_predictions(out: Path, times: list[float], paths: Tensor, grid: Tensor, nfe: int, space: str,
+                      scale: float) -> None:
+    """Write the paths' states at ``times`` (samples (times, n, d)) and the whole paths on ``grid`` to samples.npz,
+    and samples.json; ``scale`` is the data's largest absolute value (paths far beyond it count as diverged, and
+    raise DivergedSamplesError after samples.npz is written)."""
+    samples = torch.stack([state_at(paths, grid, t) for t in times]).cpu().numpy()
+    np.savez(out / "samples.npz", times=np.asarray(times), samples=samples, paths=paths.cpu().numpy(),
+             grid=grid.numpy())
+    problem = sample_problem(paths, scale)
+    if problem:
+        raise DivergedSamplesError(f"the simulated trajectories are unusable: {problem}. They are in "
+                                   f"{out / 'samples.npz'} for inspection. {DIVERGED_ADVICE}")
+    (out / "samples.json").write_text(json.dumps({"times": times, "shape": list(samples.shape), "nfe": nfe,
+                                                  "space": space}) + "\n")
+    print(f"wrote {samples.shape[1]} samples at times {times} to {out / 'samples.npz'} (samples: (times, n, d); "
+          "paths: the whole simulation on grid)")

@@ -6,7 +6,6 @@ vsmd.diffusion.trajectory*, the evaluation in vsmd.metrics.trajectory.evaluate_s
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,20 +14,15 @@ import torch
 from torch import Tensor
 
 from vsmd.diffusion import trajectory_sampling as sampling
-from vsmd.diffusion import trajectory_stages as stages
+from vsmd.diffusion import trajectory_stages as stages_lib
 from vsmd.diffusion import trajectory_time as units
-from vsmd.diffusion.trajectory import DYNAMICS, MultiMarginalBridge, ot_chain
+from vsmd.diffusion.trajectory import MultiMarginalBridge, check_reference, ot_chain
 from vsmd.diffusion.trajectory_objective import BridgeMatchingLoss
-from vsmd.diffusion.trajectory_sampling import check_sampler
-from vsmd.metrics import DivergedSamplesError, sample_problem, write_json
-from vsmd.metrics.trajectory import METRIC_NOTES, evaluate_snapshots, state_at
+from vsmd.metrics.trajectory import METRIC_NOTES, evaluate_snapshots, write_predictions, write_test_outputs
 from vsmd.models import ema as ema_lib
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
-from vsmd.plotting import plt, snapshot_trajectories_figure
 
-DIVERGED_ADVICE = ("The learned dynamics diverged: a barely trained model, too few sample_steps or a reference noise "
-                   "far larger than the data; train longer or with a lower lr, or raise sample_steps.")
 NETS = {"net": "forward", "vnet": "velocity", "bnet": "backward", "snet": "velocity_score", "fnet": "velocity_flow"}
 
 
@@ -51,23 +45,18 @@ class TrajectoryBridge(PhaseSpaceModule):
         lr, weight_decay: AdamW.
         ema_decay: EMA of the weights used for evaluation (0: none).
         sample_steps: simulation steps over [t_0, t_K] (every snapshot time is on the grid).
-        sampler: momentum only, how test and predict simulate. "phase": the learned phase-space dynamics (x, v)
-            with the drift network, from v_0 = E[v | x_0] plus the bridge's spread: smooth, Newtonian paths.
-            "marginal": the first-order ODE dx/dt = E[v | x, t] of the velocity network (Heun, 2 NFE a step). Since
-            x' = v on every bridge path, this field carries the bridge mixture's x-marginals exactly, whatever the
-            drift network's error, which in the phase-space simulation compounds through v; its paths are less
-            smooth (benchmarks/results/trajectory.md measures both).
+        sampler: momentum only, how test and predict simulate: "phase", the learned phase-space dynamics (x, v) with
+            the drift network (smooth, Newtonian paths), or "marginal", the first-order ODE dx/dt = E[v | x, t] of
+            the velocity network (Heun, 2 NFE a step; the x-marginals exactly, less smooth paths); see
+            vsmd.diffusion.trajectory_sampling and benchmarks/results/trajectory.md.
         n_paths: trajectories simulated in test (None: one per point of the first test snapshot).
         seed: the seed of sampling.
-        stages: DMSB's alternating stages after the first (0: only the first). Stage 0 fits both policies on OT
-            chains of the data batches. Stage s >= 1 starts by simulating one policy from the data at its own end
-            (odd s: the backward policy from the last snapshot; even s: the forward one from the first), through
-            every training snapshot, with ``pool_size`` paths; each simulated snapshot is OT-projected onto the data
-            there (``ot_project``, IPF's projection onto that marginal), and the stage fits the *other* policy (plus
-            the velocity networks) by bridge matching on chains drawn from that pool. An odd count ends on the
-            forward policy, which test and predict simulate. Stage s covers the steps [s, s + 1) * stage_steps; the
-            last one runs to trainer.max_steps. The stage, its pool and the stage history are in the checkpoint,
-            and stage steps draw their randomness from (seed, step), so a resumed run continues exactly.
+        stages: DMSB's alternating stages after the first (0: only the first; vsmd.diffusion.trajectory_stages).
+            Stage s >= 1 simulates one policy (odd s: the backward one, even s: the forward one) through every
+            training snapshot, OT-projects each simulated snapshot onto the data, and fits the other policy on chains
+            drawn from that pool. An odd count ends on the forward policy, which test and predict simulate. Stage s
+            covers the steps [s, s + 1) * stage_steps, the last one runs to trainer.max_steps. The stage, its pool
+            and the stage history are in the checkpoint, so a resumed run continues exactly.
         stage_steps: training steps per stage.
         pool_size: simulated chains per stage.
         langevin_steps: if > 0, a velocity score network is fitted (denoising, on the bridge samples) and the
@@ -75,11 +64,10 @@ class TrajectoryBridge(PhaseSpaceModule):
             Langevin dynamics in v with the position held (DMSB's velocity sampling at a snapshot). Momentum only.
         langevin_eta: the Langevin step as a fraction of the bridge's conditional velocity variance.
         velocity_flow_steps: if > 0, the velocity at the first and the last snapshot is drawn from the law of v given
-            x there by a conditional flow (flow matching from N(0, I), simulation-free: the pairs (x, v) are the
-            bridge's closed-form law at the end pins of each chain), integrated by Heun with this many steps; then
-            refined by Langevin if langevin_steps > 0. Once the stages' chains come from simulations, v given x is
-            broad or multimodal (chains through one point head to different places), and E[v | x] plus one bridge's
-            spread, the default, collapses it (benchmarks/results/trajectory.md measures the three). Momentum only.
+            x there by a conditional flow (flow matching from N(0, I) on the bridge's closed-form pairs), integrated
+            by Heun with this many steps; then refined by Langevin if langevin_steps > 0. Once the stages' chains
+            come from simulations, v given x is broad or multimodal, which the default (E[v | x] plus one bridge's
+            spread) collapses (benchmarks/results/trajectory.md). Momentum only.
     """
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
@@ -88,27 +76,11 @@ class TrajectoryBridge(PhaseSpaceModule):
                  seed: int = 0, stages: int = 0, stage_steps: int = 1000, pool_size: int = 1000,
                  langevin_steps: int = 0, langevin_eta: float = 0.05, velocity_flow_steps: int = 0) -> None:
         super().__init__()
-        if dynamics not in DYNAMICS:
-            raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
-        if not sigma >= 0 or not sigma_min >= 0:
-            raise ValueError(f"sigma and sigma_min must be >= 0, got {sigma} and {sigma_min}")
-        if sigma_min > 0 and dynamics == "momentum":
-            raise ValueError("sigma_min is the first-order (OT-CFM) blur; the momentum bridge's noise is sigma")
-        check_sampler(sampler, dynamics)
+        check_reference(dynamics, sigma, sigma_min)
+        sampling.check_sampling(sampler, dynamics, sigma, langevin_steps, langevin_eta, velocity_flow_steps)
+        stages_lib.check_stage_options(stages, stage_steps, pool_size)
         if data_dim < 1 or sample_steps < 2 or not lr > 0:
             raise ValueError(f"need data_dim >= 1, sample_steps >= 2 and lr > 0; got {data_dim}, {sample_steps}, {lr}")
-        if stages < 0 or stage_steps < 1 or pool_size < 2 or langevin_steps < 0 or not 0 < langevin_eta < 2:
-            raise ValueError(f"need stages >= 0, stage_steps >= 1, pool_size >= 2, langevin_steps >= 0 and "
-                             f"0 < langevin_eta < 2; got {stages}, {stage_steps}, {pool_size}, {langevin_steps}, "
-                             f"{langevin_eta}")
-        if (langevin_steps > 0 or velocity_flow_steps > 0) and dynamics != "momentum":
-            raise ValueError("langevin_steps and velocity_flow_steps sample the velocity: they are for dynamics "
-                             "momentum")
-        if velocity_flow_steps < 0:
-            raise ValueError(f"velocity_flow_steps must be >= 0, got {velocity_flow_steps}")
-        if langevin_steps > 0 and not sigma > 0:
-            raise ValueError("langevin_steps needs sigma > 0 (with sigma 0 the velocity given the position is a point "
-                             "mass on each bridge and has no score)")
         self.save_hyperparameters()
         self.momentum = dynamics == "momentum"
         order = 2 if self.momentum else 1
@@ -166,7 +138,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         self._set_times(pins, dm.times, self.time_exponent if self.pins is not None else None)
         data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
         units.check_noise(self.reference, data_sd, self.hparams.sigma, self.time_exponent)
-        stages.check_schedule(self.hparams.stages, self.hparams.stage_steps, self.trainer.max_steps)
+        stages_lib.check_schedule(self.hparams.stages, self.hparams.stage_steps, self.trainer.max_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
@@ -186,9 +158,9 @@ class TrajectoryBridge(PhaseSpaceModule):
     # DMSB's stages (vsmd.diffusion.trajectory_stages).
     def stage_at(self, step: int) -> int:
         """The stage that training step ``step`` belongs to."""
-        return stages.stage_at(step, self.hparams.stage_steps, self.hparams.stages)
+        return stages_lib.stage_at(step, self.hparams.stage_steps, self.hparams.stages)
 
-    stage_plan = staticmethod(stages.stage_plan)
+    stage_plan = staticmethod(stages_lib.stage_plan)
 
     def _evaluated(self, name: str) -> torch.nn.Module:
         """The network ``name`` as evaluation uses it: its EMA copy if it has one."""
@@ -225,18 +197,14 @@ class TrajectoryBridge(PhaseSpaceModule):
         """Simulate a policy from positions at its starting end (t_0 forward, t_K backward) through every pin;
         returns the positions at the pins in forward order, (B, K + 1, d)."""
         bridge = self.reference if direction == "forward" else self.objective.mirrored
-        grid = sampling.time_grid(bridge.times.tolist(), steps or self.hparams.sample_steps)
         policy = self._evaluated("net" if direction == "forward" else "bnet")
         x0 = x_start.to(self.device).float()
         v0 = None
         if self.momentum:
-            t_start = self.pins[0] if direction == "forward" else self.pins[-1]
-            v0 = self.start_velocity(x0, t_start, generator)
+            v0 = self.start_velocity(x0, self.pins[0] if direction == "forward" else self.pins[-1], generator)
             v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
-        xs, _ = sampling.simulate_paths(self._drift(policy), x0, v0, grid.to(torch.float32), self.reference.sigma,
-                                        generator)
-        at = [int((grid - float(p)).abs().argmin()) for p in bridge.times]
-        chain = xs[at].transpose(0, 1)
+        chain = sampling.simulate_through_pins(self._drift(policy), bridge, x0, v0, steps or self.hparams.sample_steps,
+                                               generator)
         return chain if direction == "forward" else chain.flip(1)
 
     @torch.no_grad()
@@ -246,8 +214,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         dm = self._dm()
         snaps = dm.snapshots("train")
         data = [snaps.points[i].to(self.device) for i in dm.train_indices]
-        pool = stages.build_pool(stage, self.simulate_pins, data, self.hparams.pool_size,
-                                 stages.pool_generator(self.hparams.seed, stage))
+        pool = stages_lib.build_pool(stage, self.simulate_pins, data, self.hparams.pool_size,
+                                 stages_lib.pool_generator(self.hparams.seed, stage))
         self.pool, self.pool_stage = pool.chains, stage
         entry = pool.history_entry(self.global_step)
         self.stage_history.append(entry)
@@ -273,10 +241,10 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         if self.hparams.stages > 0:  # randomness from (seed, step): a resumed stage continues exactly
-            gen = stages.step_generator(self.hparams.seed, self.global_step)
+            gen = stages_lib.step_generator(self.hparams.seed, self.global_step)
             stage = self.stage_at(self.global_step)
             if stage > 0:
-                batch = stages.draw_chains(self.pool, len(batch[0]), gen)
+                batch = stages_lib.draw_chains(self.pool, len(batch[0]), gen)
             loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
         else:
             loss, parts = self.loss(batch)
@@ -309,11 +277,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         if self.pins is None:
             raise ValueError("the model has no snapshot times: it was never fitted (train it with vsmd fit, or pass "
                              "a checkpoint)")
-        lo, hi = self.data_pins[0], self.data_pins[-1]
-        bad = [t for t in times if not lo - 1e-9 * (hi - lo) <= t <= hi + 1e-9 * (hi - lo)]
-        if bad:
-            raise ValueError(f"times {bad} are outside the trained span [{lo:g}, {hi:g}]; the bridge is only defined "
-                             "between the first and the last training snapshot")
+        units.check_in_span(times, self.data_pins[0], self.data_pins[-1])
         gen = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
         lo, hi, e = self.pins[0], self.pins[-1], self.time_exponent
         grid = sampling.time_grid([lo, hi, *(units.to_internal(t, e) for t in times)],
@@ -357,22 +321,10 @@ class TrajectoryBridge(PhaseSpaceModule):
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
             return
-        out = self.run_dir()
-        path = write_json(out / "test_metrics.json", self._test)
-        snaps, xs, grid, holdout, predicted = self._figure
-        if self._test["samples_problem"]:
-            np.savez(out / "test_samples.npz", paths=xs.cpu().numpy(), times=np.asarray(snaps.times))
-            raise DivergedSamplesError(f"the simulated trajectories are unusable: {self._test['samples_problem']}. "
-                                       f"The metrics in {path} are null; the paths are in {out / 'test_samples.npz'} "
-                                       f"for inspection. {DIVERGED_ADVICE}")
         marginal = ", marginal ODE" if self.hparams.get("sampler") == "marginal" else ""
-        fig = snapshot_trajectories_figure(snaps.points, snaps.times, xs, holdout, predicted, grid=grid,
-                                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}{marginal})")
-        fig.savefig(out / "test_trajectories.png", dpi=110)
-        plt.close(fig)
-        lines = [f"  {k:<34} {v:.5g}" for k, v in self._test["metrics"].items()]
-        print("\n".join([f"test metrics ({self._test['space']}; NFE {self._test['nfe']}, "
-                         f"{self._test['sampling_seconds']:.2f} s):", *lines, f"written to {path}"]))
+        snaps, xs, grid, holdout, predicted = self._figure
+        write_test_outputs(self.run_dir(), self._test, snaps.points, snaps.times, xs, grid, holdout, predicted,
+                           title=f"({self.hparams.dynamics}, sigma {self.hparams.sigma:g}{marginal})")
 
     def predict_step(self, batch: Any, batch_idx: int) -> None:
         dm = self._dm()
@@ -381,15 +333,5 @@ class TrajectoryBridge(PhaseSpaceModule):
         g = torch.Generator().manual_seed(self.hparams.seed + 2)
         x0 = snaps.points[0][torch.randint(len(snaps.points[0]), (dm.n_predict,), generator=g)]
         xs, grid, nfe = self.trajectories(x0, times, seed=self.hparams.seed + 2)
-        samples = torch.stack([state_at(xs, grid, t) for t in times]).cpu().numpy()
-        out = self.run_dir()
-        np.savez(out / "samples.npz", times=np.asarray(times), samples=samples, paths=xs.cpu().numpy(),
-                 grid=grid.numpy())
-        problem = sample_problem(xs, max(float(p.abs().max()) for p in snaps.points))
-        if problem:
-            raise DivergedSamplesError(f"the simulated trajectories are unusable: {problem}. They are in "
-                                       f"{out / 'samples.npz'} for inspection. {DIVERGED_ADVICE}")
-        (out / "samples.json").write_text(json.dumps({"times": times, "shape": list(samples.shape), "nfe": nfe,
-                                                      "space": dm.space}) + "\n")
-        print(f"wrote {samples.shape[1]} samples at times {times} to {out / 'samples.npz'} (samples: (times, n, d); "
-              "paths: the whole simulation on grid)")
+        write_predictions(self.run_dir(), times, xs, grid, nfe, dm.space,
+                          max(float(p.abs().max()) for p in snaps.points))
