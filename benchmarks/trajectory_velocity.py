@@ -99,8 +99,8 @@ def gaussian_1d(work: Path) -> dict:
             W, _ = spline_kriging(m.reference.times, torch.tensor([0.0], dtype=torch.float64))
             v0 = torch.einsum("n,bnd->bd", W[0, 1], pool).float()
             grid2 = time_grid(m.pins, 120)
-            paths, _ = simulate_paths(m._drift(m._evaluated("net")), pool[:, 0].float(), v0, grid2.float(), 0.1,
-                                torch.Generator().manual_seed(4))
+            paths, _ = simulate_paths(m._dynamics().drift(m._evaluated("net")), pool[:, 0].float(), v0, grid2.float(),
+                                      0.1, torch.Generator().manual_seed(4))
             row["sd_t3_own_velocities"] = float(paths[int((grid2 - 3.0).abs().argmin())].std())
         out[name] = row
     return out

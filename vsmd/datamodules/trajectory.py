@@ -201,6 +201,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
             mean = torch.zeros(d, dtype=torch.float64)
         self._transform = (mean, proj)
 
+    def check_model(self, data_dim: int, trained: dict | None) -> None:
+        """The model was built for these data: its ``data_dim``, and (``trained``: the identity in its checkpoint)
+        the same snapshots (``check_identity``)."""
+        if self.data_dim != data_dim:
+            raise ValueError(f"the data have dimension {self.data_dim} (after pca) but the model was built for "
+                             f"data_dim={data_dim}; set model.init_args.data_dim: {self.data_dim}")
+        self.check_identity(trained)
+
     def check_identity(self, trained: dict | None) -> None:
         """A clear error when a checkpoint trained on ``trained`` (its ``identity``) meets other snapshots: PCA,
         whitening and the metrics would be refitted on them, and the numbers would mean nothing. The file may have

@@ -24,7 +24,8 @@ projection of the mixture over chains then has the snapshots as its marginals. T
 
 The velocity at t_0 is never observed: a second network regresses E[v_t | x_t] on the same bridge samples, and the
 simulation starts from v_0 = v_hat(x_0) plus the bridge's conditional spread of v given x at t_0; optionally refined
-by Langevin dynamics in v (``trajectory_sampling.langevin_velocity``) with a velocity score learned by denoising on the same samples.
+by Langevin dynamics in v (``trajectory_sampling.langevin_velocity``) with a velocity score learned by denoising on
+the same samples.
 
 Stages (DMSB's alternation of forward and backward policies, ``trajectory_stages``): a policy simulated from the data at
 its starting end gives chains through every pin; ``ot_project`` puts each simulated snapshot onto the data (the

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vsmd.diffusion.trajectory import MultiMarginalBridge
 
@@ -46,6 +46,12 @@ def check_sampling(sampler: str, dynamics: str, sigma: float, langevin_steps: in
     if langevin_steps > 0 and not sigma > 0:
         raise ValueError("langevin_steps needs sigma > 0 (with sigma 0 the velocity given the position is a point "
                          "mass on each bridge and has no score)")
+
+
+def resample(points: Tensor, n: int, generator: torch.Generator | int) -> Tensor:
+    """``n`` of ``points`` (a pool's chains or a snapshot's points) drawn with replacement; ``generator`` or a seed."""
+    generator = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
+    return points[torch.randint(len(points), (n,), generator=generator)]
 
 
 def network_time(t: Tensor, t0: float, t1: float) -> Tensor:
@@ -102,8 +108,9 @@ def time_grid(knots: Sequence[float], steps: int) -> Tensor:
 
 
 @torch.no_grad()
-def simulate_paths(drift: Callable[[Tensor, Tensor | None, Tensor], Tensor], x0: Tensor, v0: Tensor | None, grid: Tensor,
-                   sigma: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+def simulate_paths(drift: Callable[[Tensor, Tensor | None, Tensor], Tensor], x0: Tensor, v0: Tensor | None,
+                   grid: Tensor, sigma: float, generator: torch.Generator | None = None
+                   ) -> tuple[Tensor, Tensor | None]:
     """Integrate the learned dynamics on ``grid`` from (x0[, v0]) at grid[0]; returns the x path (N, B, d) and the v
     path (or None). First order: Euler-Maruyama. Momentum: the double integrator's exact step with the drift held
     over the step, x += v h + a h^2 / 2, v += a h, plus its exact noise sigma^2 [[h^3/3, h^2/2], [h^2/2, h]]."""
@@ -175,3 +182,71 @@ def start_velocity(x: Tensor, spread: float, generator: torch.Generator | None,
     if noise is None or langevin_steps == 0:
         return v
     return langevin_velocity(lambda u: -noise(u) / spread, v, spread, langevin_steps, langevin_eta, generator)
+
+
+class LearnedDynamics:
+    """A trajectory model's learned fields as evaluation uses them, on the internal clock of ``reference`` (the
+    forward bridge pinned at the training snapshots). Networks take (state, network time); None: the model has none.
+
+    Args:
+        reference: the forward bridge (its pins, noise and dynamics).
+        forward, backward: the policies' drift networks (backward: on the mirrored clock).
+        velocity: E[v | x, t]; noise: the velocity score as its noise prediction; flow: the conditional flow of v
+            given x at the first and last pin.
+        langevin_steps, langevin_eta, flow_steps: how the start velocity is drawn (``start_velocity``).
+    """
+
+    def __init__(self, reference: MultiMarginalBridge, forward: nn.Module, backward: nn.Module | None = None,
+                 velocity: nn.Module | None = None, noise: nn.Module | None = None, flow: nn.Module | None = None,
+                 langevin_steps: int = 0, langevin_eta: float = 0.05, flow_steps: int = 0) -> None:
+        self.reference, self.forward, self.backward = reference, forward, backward
+        self.velocity, self.noise, self.flow = velocity, noise, flow
+        self.langevin_steps, self.langevin_eta, self.flow_steps = langevin_steps, langevin_eta, flow_steps
+        self.t0, self.t1 = float(reference.times[0]), float(reference.times[-1])
+
+    def drift(self, policy: nn.Module) -> Callable[[Tensor, Tensor | None, Tensor], Tensor]:
+        """The simulator's drift(x, v, t) of a policy network (v is None for first-order dynamics)."""
+        t0, t1 = self.t0, self.t1
+        if self.reference.momentum:
+            return lambda x, v, t: policy(torch.cat([x, v], 1), network_time(t, t0, t1))
+        return lambda x, v, t: policy(x, network_time(t, t0, t1))
+
+    def start_velocity(self, x: Tensor, t: float, generator: torch.Generator | None) -> Tensor:
+        """The velocity at a snapshot at time t given positions x: from the conditional flow at the first and last
+        snapshot if there is one, else E[v | x, t] plus the bridge's conditional spread; then (with a velocity
+        score) ``langevin_steps`` of Langevin dynamics in v."""
+        c = network_time(torch.full((len(x),), t, device=x.device), self.t0, self.t1)
+        noise, flow = self.noise, self.flow is not None and t in (self.t0, self.t1)
+        return start_velocity(
+            x, self.reference.velocity_spread(t), generator, mean=lambda y: self.velocity(y, c),
+            flow=(lambda: flow_velocity(self.flow, x, t == self.t1, self.flow_steps, generator)) if flow else None,
+            noise=(lambda u: noise(torch.cat([x, u], 1), c)) if noise is not None else None,
+            langevin_steps=self.langevin_steps, langevin_eta=self.langevin_eta)
+
+    @torch.no_grad()
+    def simulate_pins(self, direction: str, x0: Tensor, steps: int, generator: torch.Generator | None,
+                      start: Callable[[Tensor, float, torch.Generator | None], Tensor] | None = None) -> Tensor:
+        """Simulate a policy ("forward" or "backward") from positions at its starting end (t_0 forward, t_K
+        backward) through every pin, the start velocity from ``start`` (default ``start_velocity``); returns the
+        positions at the pins in forward order, (B, K + 1, d)."""
+        forward = direction == "forward"
+        bridge = self.reference if forward else self.reference.reversed()
+        v0 = None
+        if self.reference.momentum:
+            v0 = (start or self.start_velocity)(x0, self.t0 if forward else self.t1, generator)
+            v0 = v0 if forward else -v0  # the backward clock runs the velocity backwards
+        chain = simulate_through_pins(self.drift(self.forward if forward else self.backward), bridge, x0, v0, steps,
+                                      generator)
+        return chain if forward else chain.flip(1)
+
+    @torch.no_grad()
+    def paths(self, x0: Tensor, grid: Tensor, generator: torch.Generator | None, marginal: bool = False,
+              start: Callable[[Tensor, float, torch.Generator | None], Tensor] | None = None) -> tuple[Tensor, int]:
+        """(x paths (N, B, d) on ``grid`` from x0 at t_0, NFE): the marginal ODE of ``velocity`` if ``marginal``,
+        else the forward policy's dynamics from the start velocity of ``start`` (default ``start_velocity``)."""
+        if marginal:  # dx/dt = E[v | x, t]
+            return marginal_paths(self.velocity, x0, grid, self.t0, self.t1), 2 * (len(grid) - 1)
+        v0 = (start or self.start_velocity)(x0, self.t0, generator) if self.reference.momentum else None
+        xs, _ = simulate_paths(self.drift(self.forward), x0, v0, grid.to(torch.float32), self.reference.sigma,
+                               generator)
+        return xs, len(grid) - 1 + (1 if self.reference.momentum else 0)

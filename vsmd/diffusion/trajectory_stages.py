@@ -58,11 +58,6 @@ def pool_generator(seed: int, stage: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * stage + 1)
 
 
-def draw_chains(pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """``n`` chains drawn with replacement from a pool (P, K + 1, d)."""
-    return pool[torch.randint(len(pool), (n,), generator=generator)]
-
-
 @dataclass
 class Pool:
     """A stage's chains (P, K + 1, d) through the training snapshots, and how it was built: seconds of simulation
@@ -80,6 +75,12 @@ class Pool:
         return {"stage": self.stage, "step": int(step), "simulated": self.simulated, "fits": list(self.fits),
                 "simulate_seconds": self.simulate_seconds, "seconds": self.seconds,
                 "rms_projection_shift": self.rms_projection_shift}
+
+    def summary(self, step: int) -> str:
+        return (f"stage {self.stage} at step {int(step)}: simulated the {self.simulated} policy ({len(self.chains)} "
+                f"paths, {self.seconds:.1f} s); rms shift onto the data per snapshot "
+                f"{', '.join(f'{m:.3f}' for m in self.rms_projection_shift)}; fitting the {' and '.join(self.fits)} "
+                "policy")
 
 
 @torch.no_grad()

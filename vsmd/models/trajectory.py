@@ -1,8 +1,7 @@
 """Trajectory inference from snapshots: a multi-marginal bridge (momentum or first order) learned by bridge
-matching (vsmd.diffusion.trajectory), evaluated at every snapshot and at the held-out ones.
-
-The module orchestrates: the math of the bridges, their objective, DMSB's stages and the samplers are in
-vsmd.diffusion.trajectory*, the evaluation in vsmd.metrics.trajectory.evaluate_snapshots."""
+matching, evaluated at every snapshot and at the held-out ones. The module orchestrates: the bridges, their
+objective, DMSB's stages and the samplers are in vsmd.diffusion.trajectory*, the evaluation in
+vsmd.metrics.trajectory."""
 
 from __future__ import annotations
 
@@ -122,10 +121,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         if dm is None or not hasattr(dm, "snapshots"):
             raise ValueError("TrajectoryBridge needs a TrajectoryDataModule (data: class_path "
                              "vsmd.datamodules.TrajectoryDataModule)")
-        if dm.data_dim != self.hparams.data_dim:
-            raise ValueError(f"the data have dimension {dm.data_dim} (after pca) but the model was built for "
-                             f"data_dim={self.hparams.data_dim}; set model.init_args.data_dim: {dm.data_dim}")
-        dm.check_identity(self.data_identity)
+        dm.check_model(self.hparams.data_dim, self.data_identity)
         return dm
 
     def on_fit_start(self) -> None:
@@ -166,46 +162,24 @@ class TrajectoryBridge(PhaseSpaceModule):
         """The network ``name`` as evaluation uses it: its EMA copy if it has one."""
         return ema_lib.evaluated(getattr(self, name), getattr(self, f"{name}_ema"))
 
+    def _dynamics(self) -> sampling.LearnedDynamics:
+        """The learned fields as evaluation uses them (the EMA copies), for the samplers."""
+        net = {name: self._evaluated(name) if getattr(self, name) is not None else None for name in NETS}
+        return sampling.LearnedDynamics(self.reference, net["net"], net["bnet"], net["vnet"], net["snet"], net["fnet"],
+                                        *(self.hparams[k] for k in ("langevin_steps", "langevin_eta",
+                                                                    "velocity_flow_steps")))
+
     def start_velocity(self, x: Tensor, t: float, generator: torch.Generator) -> Tensor:
-        """The velocity at a snapshot at time t given positions x: from the conditional flow at the first and last
-        snapshot if the model has one, else E[v | x, t] plus the bridge's conditional spread; then (with a velocity
-        score) ``langevin_steps`` of Langevin dynamics in v (vsmd.diffusion.trajectory_sampling.start_velocity)."""
-        c = sampling.network_time(torch.full((len(x),), t, device=x.device), self.pins[0], self.pins[-1])
-        vnet, snet = self._evaluated("vnet"), self._evaluated("snet") if self.snet is not None else None
-        flow = self.fnet is not None and t in (self.pins[0], self.pins[-1])
-        return sampling.start_velocity(
-            x, self.reference.velocity_spread(t), generator, mean=lambda y: vnet(y, c),
-            flow=(lambda: self.flow_velocity(x, t == self.pins[-1], generator)) if flow else None,
-            noise=(lambda u: snet(torch.cat([x, u], 1), c)) if snet is not None else None,
-            langevin_steps=self.hparams.langevin_steps, langevin_eta=self.hparams.langevin_eta)
-
-    @torch.no_grad()
-    def flow_velocity(self, x: Tensor, last: bool, generator: torch.Generator) -> Tensor:
-        """v given x at the first (or last) snapshot by the conditional flow: Heun from N(0, I) over tau in [0, 1]."""
-        return sampling.flow_velocity(self._evaluated("fnet"), x, last, self.hparams.velocity_flow_steps, generator)
-
-    def _drift(self, policy):
-        """The simulator's drift(x, v, t) of a policy network (v is None for first-order dynamics)."""
-        t0, t1 = self.pins[0], self.pins[-1]
-        if self.momentum:
-            return lambda x, v, t: policy(torch.cat([x, v], 1), sampling.network_time(t, t0, t1))
-        return lambda x, v, t: policy(x, sampling.network_time(t, t0, t1))
+        """The velocity at a snapshot at time t given positions x (vsmd.diffusion.trajectory_sampling)."""
+        return self._dynamics().start_velocity(x, t, generator)
 
     @torch.no_grad()
     def simulate_pins(self, direction: str, x_start: Tensor, generator: torch.Generator,
                       steps: int | None = None) -> Tensor:
         """Simulate a policy from positions at its starting end (t_0 forward, t_K backward) through every pin;
         returns the positions at the pins in forward order, (B, K + 1, d)."""
-        bridge = self.reference if direction == "forward" else self.objective.mirrored
-        policy = self._evaluated("net" if direction == "forward" else "bnet")
-        x0 = x_start.to(self.device).float()
-        v0 = None
-        if self.momentum:
-            v0 = self.start_velocity(x0, self.pins[0] if direction == "forward" else self.pins[-1], generator)
-            v0 = v0 if direction == "forward" else -v0  # the backward clock runs the velocity backwards
-        chain = sampling.simulate_through_pins(self._drift(policy), bridge, x0, v0, steps or self.hparams.sample_steps,
-                                               generator)
-        return chain if direction == "forward" else chain.flip(1)
+        return self._dynamics().simulate_pins(direction, x_start.to(self.device).float(),
+                                              steps or self.hparams.sample_steps, generator, self.start_velocity)
 
     @torch.no_grad()
     def build_pool(self, stage: int) -> None:
@@ -215,15 +189,12 @@ class TrajectoryBridge(PhaseSpaceModule):
         snaps = dm.snapshots("train")
         data = [snaps.points[i].to(self.device) for i in dm.train_indices]
         pool = stages_lib.build_pool(stage, self.simulate_pins, data, self.hparams.pool_size,
-                                 stages_lib.pool_generator(self.hparams.seed, stage))
+                                     stages_lib.pool_generator(self.hparams.seed, stage))
         self.pool, self.pool_stage = pool.chains, stage
-        entry = pool.history_entry(self.global_step)
-        self.stage_history.append(entry)
-        moved = pool.rms_projection_shift
-        self.log_dict({"stage/index": float(stage), "stage/rms_projection_shift": float(np.mean(moved))})
-        print(f"stage {stage} at step {entry['step']}: simulated the {pool.simulated} policy ({len(pool.chains)} "
-              f"paths, {entry['seconds']:.1f} s); rms shift onto the data per snapshot "
-              f"{', '.join(f'{m:.3f}' for m in moved)}; fitting the {' and '.join(pool.fits)} policy")
+        self.stage_history.append(pool.history_entry(self.global_step))
+        shift = float(np.mean(pool.rms_projection_shift))
+        self.log_dict({"stage/index": float(stage), "stage/rms_projection_shift": shift})
+        print(pool.summary(self.global_step))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self.stage_at(self.global_step)
@@ -244,7 +215,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             gen = stages_lib.step_generator(self.hparams.seed, self.global_step)
             stage = self.stage_at(self.global_step)
             if stage > 0:
-                batch = stages_lib.draw_chains(self.pool, len(batch[0]), gen)
+                batch = sampling.resample(self.pool, len(batch[0]), gen)
             loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
         else:
             loss, parts = self.loss(batch)
@@ -282,14 +253,9 @@ class TrajectoryBridge(PhaseSpaceModule):
         lo, hi, e = self.pins[0], self.pins[-1], self.time_exponent
         grid = sampling.time_grid([lo, hi, *(units.to_internal(t, e) for t in times)],
                                   steps or self.hparams.sample_steps)
-        x0 = x0.to(self.device).float()
-        if self.momentum and self.hparams.get("sampler", "phase") == "marginal":  # dx/dt = E[v | x, t]
-            xs = sampling.marginal_paths(self._evaluated("vnet"), x0, grid, lo, hi)
-            return xs, units.to_data_units(grid, e), 2 * (len(grid) - 1)
-        v0 = self.start_velocity(x0, lo, gen) if self.momentum else None
-        xs, _ = sampling.simulate_paths(self._drift(self._evaluated("net")), x0, v0, grid.to(torch.float32),
-                                        self.reference.sigma, gen)
-        return xs, units.to_data_units(grid, e), len(grid) - 1 + (1 if self.momentum else 0)
+        marginal = self.momentum and self.hparams.get("sampler", "phase") == "marginal"
+        xs, nfe = self._dynamics().paths(x0.to(self.device).float(), grid, gen, marginal, self.start_velocity)
+        return xs, units.to_data_units(grid, e), nfe
 
     # ----------------------------------------------------------------------------------------------
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -299,10 +265,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             raise ValueError(f"the checkpoint was trained on snapshots at {self.snapshot_times}; the data has "
                              f"{snaps.times}")
         h = self.hparams
-        x0 = snaps.points[0]
-        if h.n_paths is not None:
-            g = torch.Generator().manual_seed(h.seed)
-            x0 = x0[torch.randint(len(x0), (h.n_paths,), generator=g)]
+        x0 = snaps.points[0] if h.n_paths is None else sampling.resample(snaps.points[0], h.n_paths, h.seed)
         start = time.perf_counter()
         xs, grid, nfe = self.trajectories(x0, snaps.times)
         wall = time.perf_counter() - start
@@ -310,8 +273,8 @@ class TrajectoryBridge(PhaseSpaceModule):
                                                          dm.train_indices)
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self._test = {"metrics": metrics, "space": dm.space, "dynamics": h.dynamics, "sigma": h.sigma,
-                      "sampler": h.get("sampler", "phase"),
-                      "sigma_min": h.sigma_min, "snapshot_times": snaps.times, "holdout": dm.holdout,
+                      "sampler": h.get("sampler", "phase"), "sigma_min": h.sigma_min, "snapshot_times": snaps.times,
+                      "holdout": dm.holdout,
                       "pins": self.data_pins, "nfe": nfe, "sample_steps": h.sample_steps, "n_paths": len(x0),
                       "sampling_seconds": wall, "trained_steps": max(self.trained_steps, self.global_step),
                       "stages": h.get("stages", 0), "stage_history": self.stage_history,
@@ -330,8 +293,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         dm = self._dm()
         snaps = dm.snapshots("test")
         times = [float(t) for t in (dm.predict_times or snaps.times)]
-        g = torch.Generator().manual_seed(self.hparams.seed + 2)
-        x0 = snaps.points[0][torch.randint(len(snaps.points[0]), (dm.n_predict,), generator=g)]
+        x0 = sampling.resample(snaps.points[0], dm.n_predict, self.hparams.seed + 2)
         xs, grid, nfe = self.trajectories(x0, times, seed=self.hparams.seed + 2)
         write_predictions(self.run_dir(), times, xs, grid, nfe, dm.space,
                           max(float(p.abs().max()) for p in snaps.points))
