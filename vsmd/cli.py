@@ -38,6 +38,7 @@ from vsmd.runs import (  # noqa: E402
     stop_message,
     unpin_version,
 )
+from vsmd.settings import policy_for  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
@@ -115,20 +116,18 @@ def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
                               "fit; it can be used with vsmd test/predict, or to start a new fit from scratch")
 
 
-# Settings that may differ from a checkpoint's. Evaluation settings (for every subcommand) and training settings
-# (for fit --ckpt_path, where they take effect on resume: the optimisers' step sizes included) come from the
-# config and command line. Every other model option (the process, the network's shape) fixes what the weights
-# mean: it comes from the checkpoint, and a different value on the command line is an error for fit and a
-# printed note for validate/test/predict. Lightning alone would let the checkpoint's values silently win.
-EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
-                 "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile", "ei_order", "ei_grid",
-                 "t_stop", "ei_t_stop", "guide", "guide_image", "n_paths"}
-TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "sa_every", "sa_steps", "sa_paths",
-                  "sa_points", "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown",
-                  "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",
-                  "lr_decay", "lr_decay_every"}
-# DataModule options that define the data (the rest, such as batch sizes and folders, may change).
-DATA_DEFINING = {"dataset", "stretch", "rotate", "history", "source", "image_size", "pca", "whiten", "holdout"}
+# Settings that may differ from a checkpoint's are declared per class in vsmd.settings (``SETTINGS`` on each module
+# class, ``DATA_SETTINGS`` on each DataModule): evaluation settings (every subcommand) and training settings (fit
+# --ckpt_path, where they take effect on resume) come from the config and command line; the options that define
+# the weights come from the checkpoint (a different value on the command line is an error for fit and a printed
+# note for validate/test/predict); the options that define the data must match. Lightning alone would let the
+# checkpoint's values silently win.
+def _from_config(model_cls: str | None, sub: str) -> frozenset[str]:
+    """The model options that ``sub`` takes from the config: the class's own declaration, and for names it does
+    not declare (a checkpoint of another vsmd) what any vsmd module class declares."""
+    own = policy_for(model_cls, PhaseSpaceModule)
+    every = policy_for(None, PhaseSpaceModule)
+    return own.from_config(sub) | {n for n in every.from_config(sub) if own.role(n) is None}
 
 
 def _same(a, b) -> bool:
@@ -206,7 +205,8 @@ class VSMDCLI(LightningCLI):
         if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
             raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
                                   f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
-        for k in sorted(DATA_DEFINING & data_hparams.keys() & given_data.keys()):
+        data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
+        for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
             if not _same(data_hparams[k], given_data[k]):
                 raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
                                       f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
@@ -215,7 +215,7 @@ class VSMDCLI(LightningCLI):
             raise CheckpointError(f"{ckpt_path} is already at step {step}, and --trainer.max_steps is {max_steps} (the "
                                   "total count of steps, the resumed ones included): there is nothing to train. Pass "
                                   f"--trainer.max_steps larger than {step} to train on, or evaluate it with vsmd test.")
-        keep = EVAL_SETTINGS | (TRAIN_SETTINGS if sub == "fit" else set())
+        keep = _from_config(cls or given_cls, sub)
         fixed = {k: v for k, v in hparams.items() if k not in keep}
         differ = [k for k in sorted(fixed) if k in given and not _same(fixed[k], given[k])]
         if differ and sub == "fit":

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vsmd.datamodules.toy import StreamLoader
+from vsmd.settings import SettingsPolicy
 
 DATASETS = {  # name: (freq, number of series, prediction length, rolling test windows)
     "exchange_rate_nips": ("B", 8, 30, 5),
@@ -320,6 +321,11 @@ class GluonTSDataModule(pl.LightningDataModule):
         history: past steps per window when no model says (None: 2 x prediction_length + 1).
         seed: seed of the window stream and the validation windows.
     """
+
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("dataset", "history"),
+                                   loading=("data_dir", "download", "batch_size", "num_batches_per_epoch", "n_val",
+                                            "seed"))
 
     def __init__(self, dataset: str = "exchange_rate_nips", data_dir: str = "data", download: bool = True,
                  batch_size: int = 64, num_batches_per_epoch: int = 100, n_val: int = 256,

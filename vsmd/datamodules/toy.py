@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from vsmd.settings import SettingsPolicy
+
 DATASETS = ("spiral", "checkerboard")
 
 
@@ -91,6 +93,10 @@ class Toy2DDataModule(pl.LightningDataModule):
     """
 
     data_dim = 2
+
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("dataset", "stretch", "rotate"),
+                                   loading=("batch_size", "n_val", "n_test", "n_predict", "seed"))
 
     def __init__(self, dataset: str = "spiral", stretch: list[float] = [1.0, 8.0], batch_size: int = 512,
                  n_val: int = 2000, n_test: int = 3000, n_predict: int = 3000, seed: int = 0,

@@ -18,6 +18,7 @@ from vsmd.diffusion.ei import EI_GRIDS
 from vsmd.diffusion.process import MOMENTUM
 from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
+from vsmd.settings import SettingsPolicy
 
 RHO_INITS = ("data", "zero")
 ROTATIONS = ("none", "pca", "learned")
@@ -25,10 +26,6 @@ PARAMETRISATIONS = ("eps_v", "eps")
 NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
                     "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
                     "t_stop, or train with --model.init_args.init_velocity hsm")
-# Training settings that may change when a fit resumes from a checkpoint (they take effect and are reported).
-RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
-                   "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
-                   "zeta", "lr_warmup", "lr_decay", "lr_decay_every", "dropout")
 
 
 def _warmup_ema(decay: float):
@@ -151,6 +148,14 @@ class VSMDModule(PhaseSpaceModule):
     """
 
     supports_rotation = False  # vector-data tasks whose samples leave the process's frame (toy, forecasting)
+    SETTINGS = SettingsPolicy(  # each option's role on resume and at test/predict (vsmd.settings)
+        weights=("process", "beta", "beta_schedule", "beta_min", "gamma", "damping", "init_velocity", "v0_var", "t_eps",
+                 "parametrisation", "rotation", "agm_p", "agm_k", "agm_scale"),
+        resume=("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
+                "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
+                "zeta"),
+        start=("ema_warmup", "rho_init", "rho_init_kl", "rho_init_samples"),
+        evaluation=("sampler", "sample_steps", "seed", "ei_order", "ei_grid", "t_stop", "guide"))
 
     def __init__(
         self,
@@ -600,7 +605,8 @@ class VSMDModule(PhaseSpaceModule):
         self._frame_initialised = True  # and so does the frame (a buffer in the state dict)
         self._scale_initialised = True  # and the data scale of agm_scale "data"
         h, old = self.hparams, checkpoint.get("hyper_parameters", {})
-        self._resume_changes = {k: (old[k], h[k]) for k in RESUME_REPORTED if k in old and k in h and old[k] != h[k]}
+        self._resume_changes = {k: (old[k], h[k]) for k in self.SETTINGS.resume
+                                if k in old and k in h and old[k] != h[k]}
         self._match_ema(checkpoint.get("state_dict", {}))
         if self.sa is not None and "vsmd_sa" in checkpoint:
             self.sa.load_state_dict(checkpoint["vsmd_sa"])

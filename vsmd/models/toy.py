@@ -36,6 +36,8 @@ class ToyVSMD(VSMDModule):
     """
 
     supports_rotation = True
+    SETTINGS = VSMDModule.SETTINGS.extend(weights=("data_dim", "hidden", "depth"),
+                                          evaluation=("n_straight", "straight_steps", "ei_t_stop"))
 
     def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
                  straight_steps: int = 100, ei_order: int | None = None, ei_grid: str | None = None,

@@ -19,6 +19,7 @@ from vsmd.metrics.trajectory import METRIC_NOTES, mean_squared_acceleration, sna
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import plt, snapshot_trajectories_figure
+from vsmd.settings import SettingsPolicy
 
 
 SAMPLERS = ("phase", "marginal")
@@ -86,6 +87,11 @@ class TrajectoryBridge(PhaseSpaceModule):
             broad or multimodal (chains through one point head to different places), and E[v | x] plus one bridge's
             spread, the default, collapses it (benchmarks/results/trajectory.md measures the three). Momentum only.
     """
+
+    SETTINGS = SettingsPolicy(  # each option's role on resume and at test/predict (vsmd.settings)
+        weights=("data_dim", "dynamics", "sigma", "sigma_min", "hidden", "depth", "stages", "stage_steps", "pool_size",
+                 "langevin_steps", "langevin_eta", "velocity_flow_steps"),
+        resume=("lr", "weight_decay", "ema_decay"), evaluation=("sample_steps", "sampler", "n_paths", "seed"))
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
                  hidden: int = 256, depth: int = 3, lr: float = 1e-3, weight_decay: float = 0.0,
