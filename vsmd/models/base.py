@@ -14,8 +14,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
+from vsmd.diffusion.agm import AGM_T_MAX
 from vsmd.diffusion.ei import EI_GRIDS
-from vsmd.diffusion.process import MOMENTUM
+from vsmd.diffusion.process import MOMENTUM, check_bridge_sampler, check_t_stop
 from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
 from vsmd.settings import SettingsPolicy
@@ -212,18 +213,13 @@ class VSMDModule(PhaseSpaceModule):
             raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
+        check_bridge_sampler(process, sampler)
         if process == "agm":
-            if sampler != "ei":
-                raise ValueError(f"process agm samples with its exponential integrator: set sampler: ei (got "
-                                 f"{sampler!r})")
             if rotation != "none":
                 raise ValueError("process agm has no variational scores to rotate: use rotation: none")
             if ei_grid not in ("quadratic", "uniform"):
                 raise ValueError(f"process agm needs ei_grid quadratic or uniform, got {ei_grid!r}")
-            if t_stop is not None and not 0 < t_stop <= 0.999:
-                raise ValueError(f"for process agm t_stop is the bridge time of the hop, in (0, 0.999], got {t_stop}")
-        elif t_stop is not None and not t_eps <= t_stop < 1.0:
-            raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
+        check_t_stop(t_stop, t_eps, AGM_T_MAX if process == "agm" else 1.0, bridge=process == "agm")
         if agm_scale not in ("none", "data") or (agm_scale == "data" and process != "agm"):
             raise ValueError(f"agm_scale must be 'none' or 'data' (process agm only), got {agm_scale!r} for process "
                              f"{process!r}")
