@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from vsmd.datamodules.moments import DataMoments
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
 from vsmd.diffusion.agm import AGM_T_MAX
@@ -473,14 +475,15 @@ class VSMDModule(PhaseSpaceModule):
     # The data-informed start of A.
     @torch.no_grad()
     def data_moments(self, full: bool = False) -> tuple[Tensor, Tensor]:
-        """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples,
-        averaged over DDP ranks; with ``full``, the mean and the covariance matrix of vector data."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None:
+        """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples (from
+        the DataModule's moment_batches), averaged over DDP ranks; with ``full``, the mean and the covariance
+        matrix of vector data."""
+        moment_batches = getattr(self, "_moment_batches", None)  # the DataModule's, from start_from_data
+        if moment_batches is None:
             raise RuntimeError("rho_init 'data' needs a DataModule to compute the data moments; pass one to "
                                "fit, or set model rho_init: zero")
         n, s1, s2 = 0, 0.0, 0.0
-        for batch in dm.train_dataloader():
+        for batch in moment_batches():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             x0 = self.stats_x0(batch).to(torch.float64)
             outer = x0.T @ x0 if full else (x0 * x0).sum(0)
@@ -500,7 +503,14 @@ class VSMDModule(PhaseSpaceModule):
             return mean, second - torch.outer(mean, mean)
         return mean, (second - mean * mean).clamp_min(0.0)
 
-    def on_fit_start(self) -> None:
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [DataMoments()]  # calls start_from_data with the DataModule's moment_batches at the start of a fit
+
+    def start_from_data(self, moment_batches: Callable[[], Iterable] | None) -> None:
+        """At the start of a fit, from the DataModule's ``moment_batches`` (vsmd.datamodules.moments): the data
+        scale of agm_scale "data", the frame of rotation "pca"/"learned" and the data-informed start of A, each
+        unless the checkpoint of a resumed fit has it already."""
+        self._moment_batches = moment_batches
         h = self.hparams
         if self.x_scale is not None and not self._scale_initialised:
             _, var = self.data_moments()
