@@ -126,6 +126,42 @@ def test_resume_continues_the_sa_schedule(trained: Path, tmp_path: Path) -> None
                                atol=0.05, rtol=0)
 
 
+def _count_reads(monkeypatch, path: Path) -> tuple[list, list]:
+    """(opens of ``path``, torch.load calls with their weights_only) from now on."""
+    import builtins
+    import io
+
+    opens, loads = [], []
+    real_open, real_load = io.open, torch.load
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file).resolve() == path.resolve():
+            opens.append(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(torch, "load", counting_load)
+    return opens, loads
+
+
+@pytest.mark.parametrize("command", ["test", "predict", "fit"])
+def test_a_command_reads_its_checkpoint_once(trained: Path, tmp_path: Path, monkeypatch, command: str) -> None:
+    """The CRC check, the settings reconciliation and Lightning's restore share one read and one weights_only load
+    (fit: a resume)."""
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    opens, loads = _count_reads(monkeypatch, ckpt)
+    steps = ["--trainer.max_steps", "22"] if command == "fit" else []
+    main([command, *tiny(tmp_path), *steps, "--ckpt_path", str(ckpt)])
+    assert len(opens) == 1 and loads == [True]
+    if command == "fit":
+        assert torch.load(versions(tmp_path)[-1] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 22
+
+
 @pytest.mark.parametrize("override, message", [
     (["--model.init_args.process", "foo"], "unknown process 'foo'"),
     (["--model.init_args.beta", "0"], "beta must be > 0"),

@@ -94,3 +94,25 @@ def test_kernel_cache_follows_rho() -> None:
     assert not torch.equal(before["lvv"], after["lvv"])
     for k in fresh:
         torch.testing.assert_close(after[k], fresh[k])
+
+
+def test_the_data_moments_come_through_the_datamodules_moment_batches() -> None:
+    """The frame and the start of A are computed from the DataModule's moment_batches (handed to the module by the
+    DataMoments callback), once for both; without a DataModule, rho_init 'data' says what to do."""
+    calls = []
+
+    class Counting(Toy2DDataModule):
+        def moment_batches(self):
+            calls.append(1)
+            return super().moment_batches()
+
+    model = ToyVSMD(hidden=16, depth=1, rotation="pca", sa_every=2, sa_paths=16, sa_points=6)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(model, datamodule=Counting(batch_size=32))
+    assert len(calls) == 1 and model.process.rho.abs().max() > 0
+    loader = Toy2DDataModule(batch_size=32).train_dataloader()
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match="needs a DataModule"):
+        trainer.fit(ToyVSMD(hidden=16, depth=1), train_dataloaders=loader)

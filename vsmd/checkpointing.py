@@ -9,16 +9,22 @@
 - :class:`FinalCheckpoint` saves ``last.ckpt`` at the final step of a fit that ended normally, when the final step
   is not a multiple of the checkpoint interval.
 - :func:`newest_checkpoint` finds the newest loadable checkpoint of a run, for resume advice.
+- :func:`check_checkpoint` refuses a missing, damaged, unsafe or foreign checkpoint with what to do. It reads the
+  file once: it checks the CRCs and loads it with ``weights_only=True``, and keeps the loaded dict (:func:`loaded`)
+  for the CLI's settings reconciliation and Lightning's restore (through :class:`AtomicCheckpointIO`).
 
 The CLI installs the first two by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +118,21 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike, what: 
         pass
 
 
+def as_saved(storage, location):
+    """torch.load's map_location that keeps every tensor on the device it was saved from (Lightning's default)."""
+    return storage
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to memory, then :func:`atomic_write_bytes` (remote URLs use Lightning's writer)."""
+    """``torch.save`` to memory, then :func:`atomic_write_bytes` (remote URLs use Lightning's writer). Loading hands
+    Lightning the checkpoint the CLI's check loaded, when it is this very file (:func:`loaded`)."""
+
+    def load_checkpoint(self, path, map_location: Any = as_saved, weights_only: bool | None = None) -> dict[str, Any]:
+        if map_location is as_saved and _is_local(path):
+            checkpoint = loaded(str(path).removeprefix("file://"), take=True)
+            if checkpoint is not None:
+                return checkpoint
+        return super().load_checkpoint(path, map_location, weights_only)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -154,3 +173,115 @@ def newest_checkpoint(folder: str | os.PathLike) -> tuple[Path, int] | None:
         if step is not None and (best is None or step > best[1] or (step == best[1] and p.name == "last.ckpt")):
             best = (p, step)
     return best
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be read."""
+
+
+LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
+
+
+def _other_checkpoints(p: Path) -> str:
+    """Resume advice: the newest loadable checkpoint of the run that ``p`` belongs to (only when ``p`` sits in a
+    run's checkpoints/ folder: any other folder may hold checkpoints of unrelated experiments)."""
+    newest = newest_checkpoint(p.parent) if p.parent.name == "checkpoints" else None
+    if newest and newest[0].resolve() != p.resolve():
+        return f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as --ckpt_path"
+    return "use another checkpoint of the run (under <run>/checkpoints/)"
+
+
+def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
+    """Fail early, with what to do, when a checkpoint is missing, damaged, unsafe or not a Lightning checkpoint.
+
+    Every checkpoint vsmd loads passes here: a zip whose CRCs all match (bit rot would otherwise load and give
+    NaN metrics), loadable with ``weights_only=True`` (no pickled code), with Lightning's keys. The file is read
+    once: the loaded checkpoint is kept (vsmd.checkpointing.loaded) for the settings reconciliation and Lightning.
+    """
+    p = Path(path)
+    if p.is_dir():
+        newest = newest_checkpoint(p)
+        hint = (f"the newest loadable one there is {newest[0]} (step {newest[1]})" if newest
+                else "it holds no loadable checkpoint")
+        raise CheckpointError(f"--ckpt_path {p} is a folder; pass a checkpoint file: {hint}")
+    if p.parent.is_dir():
+        with contextlib.suppress(OSError):  # temporary files of killed writers (a read-only folder keeps them)
+            remove_stale_temporaries(p.parent)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p} ({_other_checkpoints(p)})")
+    data = p.read_bytes()  # the one read of the file: the CRCs and the load below work on these bytes
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        head = data[:4]
+        if head.startswith(b"PK"):
+            raise CheckpointError(f"checkpoint {p} is truncated (it starts like a checkpoint but its end is missing, "
+                                  f"e.g. a copy or write that was cut off); {_other_checkpoints(p)}")
+        if head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{p} is in PyTorch's legacy (non-zip) format, which vsmd does not load because it cannot be checked "
+                "for pickled code. If you trust the file, convert it once: python -c "
+                f"\"import torch; torch.save(torch.load('{p}', weights_only=False), 'converted.ckpt')\"")
+        raise CheckpointError(f"{p} is not a checkpoint (torch.save writes a zip archive; this file is not one); "
+                              "pass a .ckpt written by vsmd fit")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"checkpoint {p} is corrupt ({err}); {_other_checkpoints(p)}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {p} is corrupt: the data of {bad} fails its CRC check (a damaged copy or "
+                              f"bit rot); {_other_checkpoints(p)}")
+    try:
+        # as Lightning's restore would load it (on the devices it was saved from; on CPU where there is no GPU)
+        ckpt = torch.load(io.BytesIO(data), map_location=as_saved if torch.cuda.is_available() else "cpu",
+                          weights_only=True)
+    except pickle.UnpicklingError as err:
+        why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {p} holds objects other than tensors and plain data, which vsmd does not "
+                              f"load (pickled code could run): {why}") from None
+    except Exception as err:  # torch raises several types for damaged archives
+        raise CheckpointError(f"checkpoint {p} is corrupt ({type(err).__name__}: {err}); "
+                              f"{_other_checkpoints(p)}") from None
+    missing = [k for k in LIGHTNING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{p} is not a Lightning checkpoint (no {', '.join(repr(k) for k in missing)}); pass a "
+                              ".ckpt written by vsmd fit")
+    if resume and not all(k in ckpt for k in ("optimizer_states", "loops")):
+        raise CheckpointError(f"{p} has the weights but not the training state (optimizer, loops) needed to resume "
+                              "fit; it can be used with vsmd test/predict, or to start a new fit from scratch")
+    keep_loaded(p, ckpt)  # for the settings reconciliation and Lightning's restore: the file is not read again
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint is read once per command: vsmd.cli's check reads the file, checks every CRC and loads it with
+# weights_only=True; the settings reconciliation and Lightning's restore take that loaded dict from here.
+_LOADED: dict[tuple[str, int, int], dict] = {}
+
+
+def _key(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """The file's identity: its resolved path, modification time and size (a file replaced since misses)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+
+
+def keep_loaded(path: str | os.PathLike, checkpoint: dict) -> None:
+    """Keep the checked checkpoint of ``path`` for the reconciliation and for Lightning (one at a time)."""
+    _LOADED.clear()
+    key = _key(path)
+    if key is not None:
+        _LOADED[key] = checkpoint
+
+
+def loaded(path: str | os.PathLike, take: bool = False) -> dict | None:
+    """The checkpoint of ``path`` as the check loaded it (None if not loaded or changed since); ``take`` hands it
+    over (the last use: Lightning's restore) and forgets it."""
+    key = _key(path)
+    if key is None or key not in _LOADED:
+        return None
+    return _LOADED.pop(key) if take else _LOADED[key]
+
+
+def forget_loaded() -> None:
+    _LOADED.clear()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import pickle
 import sys
-import zipfile
 from pathlib import Path
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -20,10 +17,13 @@ from lightning.pytorch.plugins import CheckpointIO  # noqa: E402
 import vsmd.datamodules  # noqa: E402,F401  (registers the DataModules for class_path short names)
 from vsmd.checkpointing import (  # noqa: E402
     AtomicCheckpointIO,
+    CheckpointError,
     CheckpointWriteError,
     FinalCheckpoint,
+    check_checkpoint,
+    forget_loaded,
+    loaded,
     newest_checkpoint,
-    remove_stale_temporaries,
 )
 from vsmd.models import PhaseSpaceModule  # noqa: E402
 from vsmd.runs import (  # noqa: E402
@@ -38,97 +38,24 @@ from vsmd.runs import (  # noqa: E402
     stop_message,
     unpin_version,
 )
+from vsmd.settings import policy_for  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or cannot be read."""
-
-
-LIGHTNING_KEYS = ("state_dict", "global_step", "pytorch-lightning_version")
-
-
-def _other_checkpoints(p: Path) -> str:
-    """Resume advice: the newest loadable checkpoint of the run that ``p`` belongs to (only when ``p`` sits in a
-    run's checkpoints/ folder: any other folder may hold checkpoints of unrelated experiments)."""
-    newest = newest_checkpoint(p.parent) if p.parent.name == "checkpoints" else None
-    if newest and newest[0].resolve() != p.resolve():
-        return f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as --ckpt_path"
-    return "use another checkpoint of the run (under <run>/checkpoints/)"
-
-
-def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
-    """Fail early, with what to do, when a checkpoint is missing, damaged, unsafe or not a Lightning checkpoint.
-
-    Every checkpoint vsmd loads passes here: a zip whose CRCs all match (bit rot would otherwise load and give
-    NaN metrics), loadable with ``weights_only=True`` (no pickled code), with Lightning's keys.
-    """
-    p = Path(path)
-    if p.is_dir():
-        newest = newest_checkpoint(p)
-        hint = (f"the newest loadable one there is {newest[0]} (step {newest[1]})" if newest
-                else "it holds no loadable checkpoint")
-        raise CheckpointError(f"--ckpt_path {p} is a folder; pass a checkpoint file: {hint}")
-    if p.parent.is_dir():
-        with contextlib.suppress(OSError):  # temporary files of killed writers (a read-only folder keeps them)
-            remove_stale_temporaries(p.parent)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p} ({_other_checkpoints(p)})")
-    if not zipfile.is_zipfile(p):
-        with open(p, "rb") as f:
-            head = f.read(4)
-        if head.startswith(b"PK"):
-            raise CheckpointError(f"checkpoint {p} is truncated (it starts like a checkpoint but its end is missing, "
-                                  f"e.g. a copy or write that was cut off); {_other_checkpoints(p)}")
-        if head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{p} is in PyTorch's legacy (non-zip) format, which vsmd does not load because it cannot be checked "
-                "for pickled code. If you trust the file, convert it once: python -c "
-                f"\"import torch; torch.save(torch.load('{p}', weights_only=False), 'converted.ckpt')\"")
-        raise CheckpointError(f"{p} is not a checkpoint (torch.save writes a zip archive; this file is not one); "
-                              "pass a .ckpt written by vsmd fit")
-    try:
-        with zipfile.ZipFile(p) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"checkpoint {p} is corrupt ({err}); {_other_checkpoints(p)}") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {p} is corrupt: the data of {bad} fails its CRC check (a damaged copy or "
-                              f"bit rot); {_other_checkpoints(p)}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {p} holds objects other than tensors and plain data, which vsmd does not "
-                              f"load (pickled code could run): {why}") from None
-    except Exception as err:  # torch raises several types for damaged archives
-        raise CheckpointError(f"checkpoint {p} is corrupt ({type(err).__name__}: {err}); "
-                              f"{_other_checkpoints(p)}") from None
-    missing = [k for k in LIGHTNING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{p} is not a Lightning checkpoint (no {', '.join(repr(k) for k in missing)}); pass a "
-                              ".ckpt written by vsmd fit")
-    if resume and not all(k in ckpt for k in ("optimizer_states", "loops")):
-        raise CheckpointError(f"{p} has the weights but not the training state (optimizer, loops) needed to resume "
-                              "fit; it can be used with vsmd test/predict, or to start a new fit from scratch")
-
-
-# Settings that may differ from a checkpoint's. Evaluation settings (for every subcommand) and training settings
-# (for fit --ckpt_path, where they take effect on resume: the optimisers' step sizes included) come from the
-# config and command line. Every other model option (the process, the network's shape) fixes what the weights
-# mean: it comes from the checkpoint, and a different value on the command line is an error for fit and a
-# printed note for validate/test/predict. Lightning alone would let the checkpoint's values silently win.
-EVAL_SETTINGS = {"sampler", "sample_steps", "seed", "num_samples", "fid_weights", "fid_reference_images", "fid_cache",
-                 "grid_size", "val_sample_steps", "n_straight", "straight_steps", "compile", "ei_order", "ei_grid",
-                 "t_stop", "ei_t_stop", "guide", "guide_image", "n_paths"}
-TRAIN_SETTINGS = {"lr", "weight_decay", "ema_decay", "ema_warmup", "t_levels", "sa_every", "sa_steps", "sa_paths",
-                  "sa_points", "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown",
-                  "zb_mode", "zeta", "rho_init", "rho_init_kl", "rho_init_samples", "dropout", "lr_warmup",
-                  "lr_decay", "lr_decay_every"}
-# DataModule options that define the data (the rest, such as batch sizes and folders, may change).
-DATA_DEFINING = {"dataset", "stretch", "rotate", "history", "source", "image_size", "pca", "whiten", "holdout"}
+# Settings that may differ from a checkpoint's are declared per class in vsmd.settings (``SETTINGS`` on each module
+# class, ``DATA_SETTINGS`` on each DataModule): evaluation settings (every subcommand) and training settings (fit
+# --ckpt_path, where they take effect on resume) come from the config and command line; the options that define
+# the weights come from the checkpoint (a different value on the command line is an error for fit and a printed
+# note for validate/test/predict); the options that define the data must match. Lightning alone would let the
+# checkpoint's values silently win.
+def _from_config(model_cls: str | None, sub: str) -> frozenset[str]:
+    """The model options that ``sub`` takes from the config: the class's own declaration, and for names it does
+    not declare (a checkpoint of another vsmd) what any vsmd module class declares."""
+    own = policy_for(model_cls, PhaseSpaceModule)
+    every = policy_for(None, PhaseSpaceModule)
+    return own.from_config(sub) | {n for n in every.from_config(sub) if own.role(n) is None}
 
 
 def _same(a, b) -> bool:
@@ -193,7 +120,9 @@ class VSMDCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)  # reads only the hparams
+        ckpt = loaded(ckpt_path)  # as check_checkpoint loaded it
+        if ckpt is None:
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
         cls, hparams = _split(ckpt.get("hyper_parameters", {}))
         data_cls, data_hparams = _split(ckpt.get("datamodule_hyper_parameters", {}))
         given_cls, given = _given(self.config[sub].get("model"))
@@ -206,7 +135,8 @@ class VSMDCLI(LightningCLI):
         if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
             raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
                                   f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
-        for k in sorted(DATA_DEFINING & data_hparams.keys() & given_data.keys()):
+        data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
+        for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
             if not _same(data_hparams[k], given_data[k]):
                 raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
                                       f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
@@ -215,7 +145,7 @@ class VSMDCLI(LightningCLI):
             raise CheckpointError(f"{ckpt_path} is already at step {step}, and --trainer.max_steps is {max_steps} (the "
                                   "total count of steps, the resumed ones included): there is nothing to train. Pass "
                                   f"--trainer.max_steps larger than {step} to train on, or evaluate it with vsmd test.")
-        keep = EVAL_SETTINGS | (TRAIN_SETTINGS if sub == "fit" else set())
+        keep = _from_config(cls or given_cls, sub)
         fixed = {k: v for k, v in hparams.items() if k not in keep}
         differ = [k for k in sorted(fixed) if k in given and not _same(fixed[k], given[k])]
         if differ and sub == "fit":
@@ -374,11 +304,13 @@ def main(args: list[str] | None = None) -> None:
     _quiet_lightning()
     _quiet_full_disk_in_threads()
     reset()
+    forget_loaded()
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
     try:
         VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                 parser_class=VSMDArgumentParser)
     except BaseException as err:
+        forget_loaded()
         cleanup()  # a command that failed before writing anything leaves no empty version_N behind
         stopped = stop_message(err, argv)
         if stopped:  # SIGTERM (e.g. a batch scheduler) or Ctrl-C: never an exit status of success
@@ -394,6 +326,7 @@ def main(args: list[str] | None = None) -> None:
             err = f"{what}: {err}. Free space or choose another --trainer.logger.init_args.save_dir."
         print(f"vsmd: error: {err}{resume_hint(argv)}\n(set VSMD_DEBUG=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+    forget_loaded()  # a checkpoint Lightning did not take (a CheckpointIO of the user's own)
     for run in RESERVED:
         if run.is_dir():
             print(f"run folder: {run}", file=sys.stderr)

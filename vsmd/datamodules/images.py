@@ -8,6 +8,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vsmd.settings import SettingsPolicy
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 SOURCES = ("cifar10", "folder")
 
@@ -73,6 +75,11 @@ class ImageDataModule(pl.LightningDataModule):
         n_generate: images ``vsmd test`` (FID) and ``vsmd predict`` generate.
         predict_batch_size: images per sampling batch in predict and test.
     """
+
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("source", "image_size"),
+                                   loading=("root", "download", "flip", "batch_size", "num_workers", "n_val",
+                                            "n_generate", "predict_batch_size"))
 
     def __init__(self, source: str = "cifar10", root: str = "data", download: bool = False, image_size: int = 32,
                  flip: bool = True, batch_size: int = 128, num_workers: int = 4, n_val: int = 512,
@@ -157,6 +164,10 @@ class ImageDataModule(pl.LightningDataModule):
         w = self.hparams.num_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=w,
                           pin_memory=torch.cuda.is_available(), persistent_workers=w > 0)
+
+    def moment_batches(self) -> DataLoader:
+        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
+        return self.train_dataloader()
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, shuffle=True, drop_last=True)

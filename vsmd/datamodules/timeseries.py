@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vsmd.datamodules.toy import StreamLoader
+from vsmd.settings import SettingsPolicy
 
 DATASETS = {  # name: (freq, number of series, prediction length, rolling test windows)
     "exchange_rate_nips": ("B", 8, 30, 5),
@@ -321,6 +322,11 @@ class GluonTSDataModule(pl.LightningDataModule):
         seed: seed of the window stream and the validation windows.
     """
 
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("dataset", "history"),
+                                   loading=("data_dir", "download", "batch_size", "num_batches_per_epoch", "n_val",
+                                            "seed"))
+
     def __init__(self, dataset: str = "exchange_rate_nips", data_dir: str = "data", download: bool = True,
                  batch_size: int = 64, num_batches_per_epoch: int = 100, n_val: int = 256,
                  history: int | None = None, seed: int = 0) -> None:
@@ -363,6 +369,10 @@ class GluonTSDataModule(pl.LightningDataModule):
             raise ValueError(f"{self.hparams.dataset}: the train split has {self.series.train.shape[1]} steps but "
                              f"a window needs {need} (context + max lag + prediction length); shorten the context "
                              "or the lags")
+
+    def moment_batches(self) -> DataLoader:
+        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
+        return self.train_dataloader()
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from vsmd.settings import SettingsPolicy
+
 DATASETS = ("spiral", "checkerboard")
 
 
@@ -92,6 +94,10 @@ class Toy2DDataModule(pl.LightningDataModule):
 
     data_dim = 2
 
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("dataset", "stretch", "rotate"),
+                                   loading=("batch_size", "n_val", "n_test", "n_predict", "seed"))
+
     def __init__(self, dataset: str = "spiral", stretch: list[float] = [1.0, 8.0], batch_size: int = 512,
                  n_val: int = 2000, n_test: int = 3000, n_predict: int = 3000, seed: int = 0,
                  rotate: float = 0.0) -> None:
@@ -114,6 +120,10 @@ class Toy2DDataModule(pl.LightningDataModule):
         n, offset = {"val": (self.n_val, 1), "test": (self.n_test, 2), "predict": (self.n_predict, 3)}[split]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 999_983 * offset)
         return make_toy(self.dataset, n, self.stretch, gen, self.rotate)
+
+    def moment_batches(self) -> DataLoader:
+        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
+        return self.train_dataloader()
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from vsmd.datamodules.snapshot_files import Snapshots, check_snapshots, load_snapshots, save_snapshots
+from vsmd.settings import SettingsPolicy
 
 __all__ = ["Snapshots", "TrajectoryDataModule", "check_snapshots", "load_snapshots", "make_toy_snapshots",
            "save_snapshots"]
@@ -138,6 +139,11 @@ class TrajectoryDataModule(pl.LightningDataModule):
         n_predict: trajectories ``vsmd predict`` simulates.
         seed: the seed of the toys and of the training stream.
     """
+
+    # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
+    DATA_SETTINGS = SettingsPolicy(data=("dataset", "pca", "whiten", "holdout"),
+                                   loading=("path", "time_column", "n_per_snapshot", "batch_size", "times", "n_predict",
+                                            "seed"))
 
     def __init__(self, dataset: str = "petal", path: str | None = None, time_column: str = "time",
                  pca: int | None = None, whiten: bool = False, holdout: list[int] = [], n_per_snapshot: int = 1000,

@@ -318,8 +318,7 @@ class MomentumProcess(ForwardProcess):
         super().__init__(name, data_shape, schedule, adaptive, t_eps, t_max)
         if not gamma > 0:
             raise ValueError(f"gamma (friction) must be > 0, got {gamma}")
-        if not 0 < damping <= 1:
-            raise ValueError(f"damping ratio R must be in (0, 1] (R = 1 critical, R < 1 under-damped), got {damping}")
+        check_damping(damping)
         if init_velocity not in INIT_VELOCITY:
             raise ValueError(f"init_velocity must be one of {INIT_VELOCITY}, got {init_velocity!r}")
         if not v0_var > 0:
@@ -462,6 +461,15 @@ def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float
         return OverdampedProcess(name, tuple(data_shape), schedule, adaptive, t_eps)
     if damping is None:
         damping = 0.7 if name in ("uld", "vsuld") else 1.0
+    check_damping(damping, name)
+    return MomentumProcess(name, tuple(data_shape), schedule, adaptive, gamma, damping, init_velocity, v0_var, t_eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks of options that more than one layer applies (the module before training, the process and the samplers
+# when they run): each is written once, here.
+def check_damping(damping: float, name: str | None = None) -> None:
+    """The damping ratio R in (0, 1]; for process ``name``, R = 1 exactly for cld/vscld and R < 1 for uld/vsuld."""
     if not 0 < damping <= 1:
         raise ValueError(f"damping ratio R must be in (0, 1] (R = 1 critical, R < 1 under-damped), got {damping}")
     if name in ("uld", "vsuld") and damping == 1:
@@ -470,4 +478,23 @@ def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float
     if name in ("cld", "vscld") and damping != 1:
         raise ValueError(f"process {name!r} is critically damped (R = 1), got damping={damping}; "
                          "use uld/vsuld for R < 1")
-    return MomentumProcess(name, tuple(data_shape), schedule, adaptive, gamma, damping, init_velocity, v0_var, t_eps)
+
+
+def check_t_stop(t_stop: float | None, t_eps: float, t_max: float, bridge: bool = False, option: str = "t_stop",
+                 unset: str = "") -> None:
+    """Where a sampler may stop: a diffusion's time in [t_eps, t_max); a bridge's (time noise 0 -> data 1, e.g.
+    AGM's) in (0, t_max]. None (no stop) always passes; ``unset`` says what None means, for the message."""
+    if t_stop is None:
+        return
+    if bridge and not 0 < t_stop <= t_max:
+        raise ValueError(f"{option} must be in (0, {t_max}]{unset} for a bridge process such as agm (the bridge "
+                         f"time of the hop), got {t_stop}")
+    if not bridge and not t_eps <= t_stop < t_max:
+        raise ValueError(f"{option} must be in [t_eps, t_max) = [{t_eps}, {t_max}){unset}, got {t_stop}")
+
+
+def check_bridge_sampler(name: str, sampler: str) -> None:
+    """A bridge process (AGM) samples with its own exponential integrator only: sampler "ei"."""
+    if name in BRIDGES and sampler != "ei":
+        raise ValueError(f"process {name!r} samples with its exponential integrator only: set sampler: ei (got "
+                         f"{sampler!r})")

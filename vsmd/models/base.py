@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from vsmd.datamodules.moments import DataMoments
 from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
+from vsmd.diffusion.agm import AGM_T_MAX
 from vsmd.diffusion.ei import EI_GRIDS
-from vsmd.diffusion.process import MOMENTUM
+from vsmd.diffusion.process import MOMENTUM, check_bridge_sampler, check_t_stop
 from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
 from vsmd.models import ema as ema_lib
+from vsmd.settings import SettingsPolicy
 
 RHO_INITS = ("data", "zero")
 ROTATIONS = ("none", "pca", "learned")
@@ -26,10 +30,6 @@ PARAMETRISATIONS = ("eps_v", "eps")
 NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
                     "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
                     "t_stop, or train with --model.init_args.init_velocity hsm")
-# Training settings that may change when a fit resumes from a checkpoint (they take effect and are reported).
-RESUME_REPORTED = ("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
-                   "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
-                   "zeta", "lr_warmup", "lr_decay", "lr_decay_every", "dropout")
 
 
 class PhaseSpaceModule(pl.LightningModule):
@@ -140,6 +140,14 @@ class VSMDModule(PhaseSpaceModule):
     """
 
     supports_rotation = False  # vector-data tasks whose samples leave the process's frame (toy, forecasting)
+    SETTINGS = SettingsPolicy(  # each option's role on resume and at test/predict (vsmd.settings)
+        weights=("process", "beta", "beta_schedule", "beta_min", "gamma", "damping", "init_velocity", "v0_var", "t_eps",
+                 "parametrisation", "rotation", "agm_p", "agm_k", "agm_scale"),
+        resume=("lr", "weight_decay", "ema_decay", "t_levels", "sa_every", "sa_steps", "sa_paths", "sa_points",
+                "sa_sampler", "sa_lr", "sa_lr_decay", "sa_lr_decay_every", "sa_warmup", "sa_cooldown", "zb_mode",
+                "zeta"),
+        start=("ema_warmup", "rho_init", "rho_init_kl", "rho_init_samples"),
+        evaluation=("sampler", "sample_steps", "seed", "ei_order", "ei_grid", "t_stop", "guide"))
 
     def __init__(
         self,
@@ -196,18 +204,13 @@ class VSMDModule(PhaseSpaceModule):
             raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
+        check_bridge_sampler(process, sampler)
         if process == "agm":
-            if sampler != "ei":
-                raise ValueError(f"process agm samples with its exponential integrator: set sampler: ei (got "
-                                 f"{sampler!r})")
             if rotation != "none":
                 raise ValueError("process agm has no variational scores to rotate: use rotation: none")
             if ei_grid not in ("quadratic", "uniform"):
                 raise ValueError(f"process agm needs ei_grid quadratic or uniform, got {ei_grid!r}")
-            if t_stop is not None and not 0 < t_stop <= 0.999:
-                raise ValueError(f"for process agm t_stop is the bridge time of the hop, in (0, 0.999], got {t_stop}")
-        elif t_stop is not None and not t_eps <= t_stop < 1.0:
-            raise ValueError(f"t_stop must be in [t_eps, 1) = [{t_eps}, 1), got {t_stop}")
+        check_t_stop(t_stop, t_eps, AGM_T_MAX if process == "agm" else 1.0, bridge=process == "agm")
         if agm_scale not in ("none", "data") or (agm_scale == "data" and process != "agm"):
             raise ValueError(f"agm_scale must be 'none' or 'data' (process agm only), got {agm_scale!r} for process "
                              f"{process!r}")
@@ -460,14 +463,15 @@ class VSMDModule(PhaseSpaceModule):
     # The data-informed start of A.
     @torch.no_grad()
     def data_moments(self, full: bool = False) -> tuple[Tensor, Tensor]:
-        """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples,
-        averaged over DDP ranks; with ``full``, the mean and the covariance matrix of vector data."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None:
+        """Per-dimension mean and variance (float64, data_shape) of about rho_init_samples training samples (from
+        the DataModule's moment_batches), averaged over DDP ranks; with ``full``, the mean and the covariance
+        matrix of vector data."""
+        moment_batches = getattr(self, "_moment_batches", None)  # the DataModule's, from start_from_data
+        if moment_batches is None:
             raise RuntimeError("rho_init 'data' needs a DataModule to compute the data moments; pass one to "
                                "fit, or set model rho_init: zero")
         n, s1, s2 = 0, 0.0, 0.0
-        for batch in dm.train_dataloader():
+        for batch in moment_batches():
             batch = self.transfer_batch_to_device(batch, self.device, 0)
             x0 = self.stats_x0(batch).to(torch.float64)
             outer = x0.T @ x0 if full else (x0 * x0).sum(0)
@@ -487,7 +491,14 @@ class VSMDModule(PhaseSpaceModule):
             return mean, second - torch.outer(mean, mean)
         return mean, (second - mean * mean).clamp_min(0.0)
 
-    def on_fit_start(self) -> None:
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [DataMoments()]  # calls start_from_data with the DataModule's moment_batches at the start of a fit
+
+    def start_from_data(self, moment_batches: Callable[[], Iterable] | None) -> None:
+        """At the start of a fit, from the DataModule's ``moment_batches`` (vsmd.datamodules.moments): the data
+        scale of agm_scale "data", the frame of rotation "pca"/"learned" and the data-informed start of A, each
+        unless the checkpoint of a resumed fit has it already."""
+        self._moment_batches = moment_batches
         h = self.hparams
         if self.x_scale is not None and not self._scale_initialised:
             _, var = self.data_moments()
@@ -588,7 +599,8 @@ class VSMDModule(PhaseSpaceModule):
         self._frame_initialised = True  # and so does the frame (a buffer in the state dict)
         self._scale_initialised = True  # and the data scale of agm_scale "data"
         h, old = self.hparams, checkpoint.get("hyper_parameters", {})
-        self._resume_changes = {k: (old[k], h[k]) for k in RESUME_REPORTED if k in old and k in h and old[k] != h[k]}
+        self._resume_changes = {k: (old[k], h[k]) for k in self.SETTINGS.resume
+                                if k in old and k in h and old[k] != h[k]}
         self._match_ema(checkpoint.get("state_dict", {}))
         if self.sa is not None and "vsmd_sa" in checkpoint:
             self.sa.load_state_dict(checkpoint["vsmd_sa"])

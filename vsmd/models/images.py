@@ -73,6 +73,12 @@ class ImageVSMD(VSMDModule):
         **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
     """
 
+    SETTINGS = VSMDModule.SETTINGS.extend(
+        weights=("image_size", "channels", "channel_mult", "num_res_blocks", "attn_resolutions", "num_classes"),
+        resume=("lr_warmup", "lr_decay", "lr_decay_every", "dropout"),
+        evaluation=("compile", "grid_size", "val_sample_steps", "fid_weights", "fid_reference_images", "fid_cache",
+                    "guide_image"))
+
     def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
                  num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
                  num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,

@@ -60,6 +60,10 @@ class TimeSeriesVSMD(VSMDModule):
     """
 
     supports_rotation = True  # Q is D x D over the series; forecasts leave the frame in forecast()
+    SETTINGS = VSMDModule.SETTINGS.extend(
+        weights=("target_dim", "freq", "context_length", "lags", "scaling", "rnn", "hidden", "layers", "cond_dim",
+                 "channels", "residual_layers"),
+        resume=("dropout",), evaluation=("num_samples",))
 
     def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
                  lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vsmd.diffusion.process import check_t_stop
 from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
 from vsmd.metrics.health import unusable_advice_for
 from vsmd.models.base import VSMDModule
@@ -36,14 +37,15 @@ class ToyVSMD(VSMDModule):
     """
 
     supports_rotation = True
+    SETTINGS = VSMDModule.SETTINGS.extend(weights=("data_dim", "hidden", "depth"),
+                                          evaluation=("n_straight", "straight_steps", "ei_t_stop"))
 
     def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
                  straight_steps: int = 100, ei_order: int | None = None, ei_grid: str | None = None,
                  ei_t_stop: float | None = 0.02, **kwargs: Any) -> None:
         if data_dim < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"data_dim, hidden and depth must be >= 1, got {data_dim}, {hidden}, {depth}")
-        if ei_t_stop is not None and not kwargs.get("t_eps", 1e-3) <= ei_t_stop < 1:
-            raise ValueError(f"ei_t_stop must be in [t_eps, 1) or null (run ei to t_eps), got {ei_t_stop}")
+        check_t_stop(ei_t_stop, kwargs.get("t_eps", 1e-3), 1.0, option="ei_t_stop", unset=" or null (run ei to t_eps)")
         self._data_dim, self._hidden, self._depth = data_dim, hidden, depth
         agm = kwargs.get("process") == "agm"
         ei_order = ei_order if ei_order is not None else (3 if agm else 2)

@@ -21,6 +21,7 @@ from vsmd.metrics.trajectory import METRIC_NOTES, evaluate_snapshots, write_pred
 from vsmd.models import ema as ema_lib
 from vsmd.models.base import PhaseSpaceModule
 from vsmd.models.nets import MLPScoreNet
+from vsmd.settings import SettingsPolicy
 
 NETS = {"net": "forward", "vnet": "velocity", "bnet": "backward", "snet": "velocity_score", "fnet": "velocity_flow"}
 
@@ -68,6 +69,11 @@ class TrajectoryBridge(PhaseSpaceModule):
             come from simulations, v given x is broad or multimodal, which the default (E[v | x] plus one bridge's
             spread) collapses (benchmarks/results/trajectory.md). Momentum only.
     """
+
+    SETTINGS = SettingsPolicy(  # each option's role on resume and at test/predict (vsmd.settings)
+        weights=("data_dim", "dynamics", "sigma", "sigma_min", "hidden", "depth", "stages", "stage_steps", "pool_size",
+                 "langevin_steps", "langevin_eta", "velocity_flow_steps"),
+        resume=("lr", "weight_decay", "ema_decay"), evaluation=("sample_steps", "sampler", "n_paths", "seed"))
 
     def __init__(self, data_dim: int = 2, dynamics: str = "momentum", sigma: float = 0.1, sigma_min: float = 0.0,
                  hidden: int = 256, depth: int = 3, lr: float = 1e-3, weight_decay: float = 0.0,
