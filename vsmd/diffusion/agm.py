@@ -53,6 +53,9 @@ import math
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vsmd.diffusion.types import SampleResult
 
 AGM_T_MIN, AGM_T_MAX = 1e-5, 0.999  # the training times; sampling ends at t_stop <= AGM_T_MAX
 
@@ -260,9 +263,6 @@ def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: i
     Velocity guidance (``guide``, a target point of the data's shape): during the first ``guide_fraction`` of
     the steps the velocity is redrawn from the bridge's p(v | x; x1 = guide) before each step; only v changes,
     the network is untouched."""
-    from tqdm.auto import tqdm
-
-    from vsmd.diffusion.samplers import SampleResult
     key = (tuple(times.tolist()), order)
     cache = process.__dict__.setdefault("_weights", {})
     if key not in cache:  # once per grid

@@ -50,15 +50,14 @@ when the grid stops early at t_stop).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from vsmd.diffusion.process import ForwardProcess, pad_like
+from vsmd.diffusion.types import DenoiseFn, SampleResult
 
-DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 EI_GRIDS = ("quadratic", "uniform", "log")
 F64 = torch.float64
 
@@ -266,8 +265,6 @@ def exponential_integrator(process: ForwardProcess, denoise_fn: DenoiseFn, a: Te
     node's data estimate may amplify the network's error where (L^{-1} M)_v crosses zero (``EICoefficients``;
     0 turns the guard off).
     """
-    from vsmd.diffusion.samplers import SampleResult
-
     co = ei_coefficients(process, times, order, max_gain)
     dev, dt = a.device, a.dtype
     traj = [a] if return_trajectory else None

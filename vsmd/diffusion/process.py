@@ -438,20 +438,17 @@ class MomentumProcess(ForwardProcess):
         return self.join(x, v + h * g2 * (score + kappa.to(a.dtype) * v))
 
 
-def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
-                 beta_schedule: str = "auto", beta_min: float = 0.1, gamma: float = 2.0,
-                 damping: float | None = None, init_velocity: str = "hsm", v0_var: float = 1.0,
-                 t_eps: float = 1e-3, agm_p: float = 3.0, agm_k: float = 0.2) -> ForwardProcess:
-    """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum); or the AGM
-    bridge ``agm`` (noise scale ``agm_p``, start correlation -``agm_k``; the diffusion options do not apply).
+def make_forward_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float = 5.0,
+                         beta_schedule: str = "auto", beta_min: float = 0.1, gamma: float = 2.0,
+                         damping: float | None = None, init_velocity: str = "hsm", v0_var: float = 1.0,
+                         t_eps: float = 1e-3) -> ForwardProcess:
+    """Build a forward process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum).
+    (``vsmd.diffusion.registry.make_process`` builds every family's process by name.)
 
     ``beta_schedule="auto"`` is linear (beta_min -> beta) for ``vp`` and constant otherwise.
     ``cld``/``vscld`` need R = 1 and ``uld``/``vsuld`` R < 1 (``damping``; None gives 1, resp. the paper's 0.7);
     ``vp``/``cld``/``uld`` keep A = 0.
     """
-    if name == "agm":
-        from vsmd.diffusion.agm import AGMProcess
-        return AGMProcess(tuple(data_shape), agm_p, agm_k)
     if name not in PROCESSES:
         raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES + BRIDGES)}")
     if beta_schedule == "auto":

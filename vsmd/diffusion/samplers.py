@@ -9,26 +9,18 @@ the grid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vsmd.diffusion.agm import agm_grid, agm_sample
 from vsmd.diffusion.ei import ei_grid as make_ei_grid
 from vsmd.diffusion.ei import exponential_integrator
 from vsmd.diffusion.process import ForwardProcess
+from vsmd.diffusion.types import SampleResult, ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 SAMPLERS = ("em", "sscs", "heun", "ei")
-
-
-@dataclass
-class SampleResult:
-    state: Tensor                   # final state a at the last grid time
-    nfe: int                        # score-network evaluations
-    times: Tensor                   # the grid the trajectory is on, decreasing
-    trajectory: Tensor | None = None  # (len(times), B, ...) when asked for
 
 
 def _steps(times: Tensor, progress: bool, desc: str):
@@ -125,7 +117,6 @@ def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if getattr(process, "bridge", False):  # AGM: score_fn is the force; its own integrator, ending with the hop
-        from vsmd.diffusion.agm import agm_grid, agm_sample
         if name != "ei":
             raise ValueError(f"process {process.name!r} samples with its exponential integrator only: use sampler "
                              f"ei, not {name!r}")
