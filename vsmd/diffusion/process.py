@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vsmd.diffusion import kernel
+from vsmd.diffusion.grids import uniform_grid
 
 PROCESSES = ("vp", "vsdm", "cld", "uld", "vscld", "vsuld")  # forward diffusions from the data
 BRIDGES = ("agm",)  # phase-space bridges to the data (vsmd.diffusion.agm)
@@ -215,7 +216,7 @@ class ForwardProcess(nn.Module):
 
     def time_grid(self, n: int, device=None) -> Tensor:
         """n points from t_max down to t_eps (inclusive), float32."""
-        return torch.linspace(self.t_max, self.t_eps, n, device=device)
+        return uniform_grid(self.t_max, self.t_eps, n, device=device)
 
     # ----------------------------------------------------------------------------------------------
     # Reverse time (s = T - t): da/ds for the backward SDE or the probability-flow ODE.

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vsmd.diffusion.agm import agm_grid, agm_sample
-from vsmd.diffusion.ei import ei_grid as make_ei_grid
+from vsmd.diffusion.agm import agm_sample
 from vsmd.diffusion.ei import exponential_integrator
+from vsmd.diffusion.grids import agm_grid
+from vsmd.diffusion.grids import ei_grid as make_ei_grid
 from vsmd.diffusion.process import ForwardProcess
 from vsmd.diffusion.types import SampleResult, ScoreFn
 
