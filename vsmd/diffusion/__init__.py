@@ -1,8 +1,8 @@
 """The math of VSMD in pure torch: closed-form kernels, forward processes, samplers, SA updates of A."""
 
 from vsmd.diffusion.process import ADAPTIVE, BRIDGES, MOMENTUM, PROCESSES, ForwardProcess
-from vsmd.diffusion.registry import make_process
-from vsmd.diffusion.samplers import SAMPLERS, euler_maruyama, heun, sample, splitting
+from vsmd.diffusion.registry import SAMPLERS, make_process, sample
+from vsmd.diffusion.samplers import euler_maruyama, heun, splitting
 from vsmd.diffusion.types import GaussianPath, SampleResult
 from vsmd.diffusion.variational import ZB_MODES, SAStats, Trajectories, VariationalScoreSA, forward_loss, simulate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -25,6 +25,23 @@ class SampleResult:
     nfe: int                        # score-network evaluations
     times: Tensor                   # the grid the trajectory is on, decreasing
     trajectory: Tensor | None = None  # (len(times), B, ...) when asked for
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What a sampler is asked for besides the path and the network (see ``vsmd.diffusion.registry.sample``)."""
+
+    n: int                                   # samples
+    steps: int                               # grid points
+    generator: torch.Generator | None = None
+    device: Any = None
+    return_trajectory: bool = False
+    progress: bool = False
+    denoise_fn: DenoiseFn | None = None      # the data estimate, for ei and t_stop
+    ei_order: int = 3
+    ei_grid: str = "quadratic"
+    t_stop: float | None = None              # stop early and return the data estimate there
+    guide: Tensor | None = None              # AGM's velocity guidance
 
 
 @runtime_checkable
@@ -60,3 +77,6 @@ class GaussianPath(Protocol):
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """n draws of the state where the sampler starts."""
+
+
+SamplerFn = Callable[[GaussianPath, ScoreFn, SampleOptions], SampleResult]  # one registered sampler
