@@ -48,6 +48,7 @@ All coefficients are computed in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -211,6 +212,12 @@ class AGMProcess(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _weights(times: tuple[float, ...], order: int) -> tuple[list[list[float]], ...]:
+    """``multistep_weights`` as Python floats, computed once per grid and order (they depend on nothing else)."""
+    return tuple(z.tolist() for z in multistep_weights(torch.tensor(times, dtype=torch.float64), order))
+
+
 @torch.no_grad()
 def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: int = 3,
                return_trajectory: bool = False, progress: bool = False, guide: Tensor | None = None,
@@ -223,12 +230,7 @@ def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: i
     Velocity guidance (``guide``, a target point of the data's shape): during the first ``guide_fraction`` of
     the steps the velocity is redrawn from the bridge's p(v | x; x1 = guide) before each step; only v changes,
     the network is untouched."""
-    key = (tuple(times.tolist()), order)
-    cache = process.__dict__.setdefault("_weights", {})
-    if key not in cache:  # once per grid
-        cache.clear()
-        cache[key] = multistep_weights(times, order)
-    w, u = (z.tolist() for z in cache[key])
+    w, u = _weights(tuple(times.tolist()), order)
     x, v = process.split(a)
     forces: list[Tensor] = []
     traj = [a] if return_trajectory else None

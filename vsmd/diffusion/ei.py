@@ -50,6 +50,7 @@ when the grid stops early at t_stop).
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor
@@ -107,7 +108,8 @@ class EICoefficients:
                  interp: str = "log", max_gain: float = 100.0) -> None:
         if order not in (1, 2, 3):
             raise ValueError(f"the EI order must be 1, 2 or 3, got {order}")
-        self.process, self.order, self.max_gain = process, order, max_gain
+        self.order, self.max_gain = order, max_gain
+        self.rho = process.rho.detach().to("cpu").clone()  # the A the coefficients are for
         self.reduced: list[int] = []  # per step: how many dimensions used fewer nodes (momentum, see max_gain)
         self.times = times.detach().to("cpu", F64)
         kern = _Kernel(process)
@@ -201,21 +203,26 @@ class EICoefficients:
         out[order] = gaps.cumsum(0)
         return out
 
-    def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
+    def matches(self, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
         t = times.detach().to("cpu", F64)
-        return (process is self.process and order == self.order and t.shape == self.times.shape
-                and torch.equal(t, self.times) and torch.equal(rho, self._rho) and max_gain == self.max_gain)
+        return (order == self.order and t.shape == self.times.shape and torch.equal(t, self.times)
+                and torch.equal(rho, self.rho) and max_gain == self.max_gain)
+
+
+# The coefficients of each process's last grid, until the grid, the order, A (rho) or max_gain changes. Weak keys:
+# the entry goes with its process.
+_MEMO: weakref.WeakKeyDictionary[ForwardProcess, EICoefficients] = weakref.WeakKeyDictionary()
 
 
 def ei_coefficients(process: ForwardProcess, times: Tensor, order: int, max_gain: float = 100.0) -> EICoefficients:
-    """The coefficients of ``times`` and ``order``, cached on the process until the grid, order or A changes."""
-    rho = process.rho.detach().to("cpu").clone()
-    cached = getattr(process, "_ei_cache", None)
-    if cached is not None and cached.matches(process, times, order, rho, max_gain):
+    """The coefficients of ``times`` and ``order`` for ``process``, computed once until the grid, the order, A or
+    ``max_gain`` changes."""
+    rho = process.rho.detach().to("cpu")
+    cached = _MEMO.get(process)
+    if cached is not None and cached.matches(times, order, rho, max_gain):
         return cached
     coeffs = EICoefficients(process, times, order, max_gain=max_gain)
-    coeffs._rho = rho
-    process._ei_cache = coeffs
+    _MEMO[process] = coeffs
     return coeffs
 
 
