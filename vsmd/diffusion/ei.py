@@ -32,7 +32,7 @@ cached until A changes. With a single data point x0_hat is constant (= x0), the 
 the step: sum_j w_j = M_t - Psi(t, s) M_s, so that a_t - M_t x0 = Psi(t, s)(a_s - M_s x0) to round-off.
 
 Which x0_hat: G G^T acts on v alone, so the ODE needs only the v row of the Tweedie relation. For momentum
-processes the model passes ``MomentumProcess.flow_estimate`` (from eps_v alone, exact for a single point and the
+processes the model passes ``MomentumProcess.flow_estimate`` (vsmd.diffusion.forward) (from eps_v alone, exact for a single point and the
 same flow as the score the other samplers use). The full E[x0 | a] from (eps_x, eps_v) (``data_estimate``) is
 also exact for a point, but drives v with a gain of order 1/t^2 near t_eps through the network's eps_x error,
 which made multistep EI diverge on trained toys (benchmarks/results/toy_ei.md history in the README).

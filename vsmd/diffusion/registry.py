@@ -14,7 +14,8 @@ import torch
 from vsmd.diffusion.agm import AGMProcess, agm_sample
 from vsmd.diffusion.ei import exponential_integrator
 from vsmd.diffusion.grids import agm_grid, ei_grid
-from vsmd.diffusion.process import BRIDGES, PROCESSES, ForwardProcess, make_forward_process
+from vsmd.diffusion.forward import make_forward_process
+from vsmd.diffusion.process import BRIDGES, PROCESSES, ForwardProcess
 from vsmd.diffusion.samplers import euler_maruyama, heun, splitting
 from vsmd.diffusion.types import DenoiseFn, GaussianPath, SampleOptions, SampleResult, SamplerFn, ScoreFn
 
@@ -40,7 +41,7 @@ def make_process(name: str, data_shape: tuple[int, ...] | list[int], beta: float
     """Build a process by name: vp, vsdm (overdamped); cld, uld, vscld, vsuld (momentum); or the AGM bridge
     ``agm`` (noise scale ``agm_p``, start correlation -``agm_k``; the diffusion options do not apply).
 
-    The diffusion options are those of ``vsmd.diffusion.process.make_forward_process``.
+    The diffusion options are those of ``vsmd.diffusion.forward.make_forward_process``.
     """
     if name not in PROCESS_BUILDERS:
         raise ValueError(f"unknown process {name!r}; choose one of {', '.join(PROCESSES + BRIDGES)}")
