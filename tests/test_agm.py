@@ -374,3 +374,15 @@ def test_the_readme_account_of_nfe_10_is_the_benchmarks() -> None:
     assert mean < -0.03 and -0.002 < floor < 0  # the shortfall is the integrator's, not the hop's
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"sd-2 dimension is {-100 * mean:.1f}% short" in readme and f"by only {-100 * floor:.2f}%" in readme
+
+
+def test_the_sampler_s_multistep_weights_are_computed_once_per_grid_and_order() -> None:
+    from vsmd.diffusion import agm
+
+    p = AGMProcess((1,))
+    agm._weights.cache_clear()
+    for _ in range(2):
+        agm_sample(p, lambda a, t: torch.zeros_like(a[:, :1]), p.prior_sample(3), agm_grid(6, 0.9), order=2)
+    assert agm._weights.cache_info().misses == 1 and not any("weights" in k for k in vars(p))
+    w, u = agm._weights(tuple(agm_grid(6, 0.9).tolist()), 2)
+    assert (w, u) == tuple(z.tolist() for z in multistep_weights(agm_grid(6, 0.9), 2))

@@ -351,3 +351,24 @@ def test_a_toy_config_with_sampler_ei_gets_the_recommended_settings(name: str) -
     if name != "spiral8y_rot45":  # AGM keeps its own integrator's setting
         _, got = _cli_model(name, "--model.init_args.process", "agm", "--model.init_args.sampler", "ei")
         assert got == (3, "quadratic", None)
+
+
+def test_the_coefficients_are_kept_per_process_until_grid_order_or_rho_changes() -> None:
+    from vsmd.diffusion.ei import ei_coefficients
+
+    p = make_process("vscld", (2,))
+    times = ei_grid(p, 6).double()
+    co = ei_coefficients(p, times, 2)
+    assert ei_coefficients(p, times, 2) is co and "_ei_cache" not in vars(p)
+    assert ei_coefficients(p, times, 3) is not co
+    co3 = ei_coefficients(p, times, 3)
+    assert ei_coefficients(p, times[:-1], 3) is not co3
+    co3 = ei_coefficients(p, times, 3)
+    p.rho.data += 0.5  # A changed: the kernel changed
+    fresh = ei_coefficients(p, times, 3)
+    assert fresh is not co3 and ei_coefficients(p, times, 3) is fresh
+    ref = EICoefficients(p, times, 3)
+    assert all(torch.equal(x, y) for x, y in zip(fresh.psi[-1], ref.psi[-1]))
+    q = make_process("vscld", (2,))
+    q.rho.data += 0.5
+    assert ei_coefficients(q, times, 3) is not fresh  # one entry per process

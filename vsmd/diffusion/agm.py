@@ -48,13 +48,18 @@ All coefficients are computed in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-AGM_T_MIN, AGM_T_MAX = 1e-5, 0.999  # the training times; sampling ends at t_stop <= AGM_T_MAX
+from vsmd.diffusion.grids import AGM_T_MAX, AGM_T_MIN, agm_grid
+from vsmd.diffusion.quadrature import multistep_weights
+from vsmd.diffusion.types import SampleResult
+
+__all__ = ["AGM_T_MAX", "AGM_T_MIN", "AGMProcess", "agm_grid", "agm_sample", "multistep_weights", "transition"]
 
 
 def transition(t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -207,45 +212,10 @@ class AGMProcess(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-def agm_grid(steps: int, t_stop: float | None = None, kind: str = "quadratic", device=None) -> Tensor:
-    """``steps`` increasing times from 0 to t_stop (default AGM_T_MAX): quadratic (dense at the noise end) or
-    uniform."""
-    if steps < 2:
-        raise ValueError(f"the AGM sampler needs at least 2 grid points, got {steps}")
-    end = AGM_T_MAX if t_stop is None else float(t_stop)
-    if not 0 < end <= AGM_T_MAX:
-        raise ValueError(f"the AGM sampler's t_stop must be in (0, {AGM_T_MAX}], got {t_stop}")
-    s = torch.linspace(0, 1, steps, dtype=torch.float64)
-    if kind == "quadratic":
-        s = s**2  # the smallest steps at t = 0, where the start's noise is resolved
-    elif kind != "uniform":
-        raise ValueError(f"the AGM grid must be 'quadratic' or 'uniform', got {kind!r}")
-    return (end * s).to(device)
-
-
-def multistep_weights(times: Tensor, order: int) -> tuple[Tensor, Tensor]:
-    """Per step i and node j (the last ``order`` grid times t_i, t_{i-1}, ...): w[i, j] = int_{t_i}^{t_i+1}
-    l_j and u[i, j] = int_{t_i}^{t_i+1} (t_{i+1} - tau) l_j(tau) dtau, l_j the Lagrange basis of those nodes (fewer at
-    the start). Float64, Gauss-Legendre with 4 points (exact for degree <= 7)."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"the AGM sampler's order must be 1, 2 or 3, got {order}")
-    t = times.to(torch.float64).cpu().numpy()
-    gx, gw = np.polynomial.legendre.leggauss(4)
-    n = len(t) - 1
-    w, u = np.zeros((n, order)), np.zeros((n, order))
-    for i in range(n):
-        nodes = [t[i - j] for j in range(min(order, i + 1))]
-        a, b = t[i], t[i + 1]
-        tau = (b - a) / 2 * gx + (a + b) / 2
-        qw = gw * (b - a) / 2
-        for j, tj in enumerate(nodes):
-            lj = np.ones_like(tau)
-            for m, tm in enumerate(nodes):
-                if m != j:
-                    lj *= (tau - tm) / (tj - tm)
-            w[i, j] = (qw * lj).sum()
-            u[i, j] = (qw * (b - tau) * lj).sum()
-    return torch.from_numpy(w), torch.from_numpy(u)
+@functools.lru_cache(maxsize=8)
+def _weights(times: tuple[float, ...], order: int) -> tuple[list[list[float]], ...]:
+    """``multistep_weights`` as Python floats, computed once per grid and order (they depend on nothing else)."""
+    return tuple(z.tolist() for z in multistep_weights(torch.tensor(times, dtype=torch.float64), order))
 
 
 @torch.no_grad()
@@ -260,15 +230,7 @@ def agm_sample(process: AGMProcess, force_fn, a: Tensor, times: Tensor, order: i
     Velocity guidance (``guide``, a target point of the data's shape): during the first ``guide_fraction`` of
     the steps the velocity is redrawn from the bridge's p(v | x; x1 = guide) before each step; only v changes,
     the network is untouched."""
-    from tqdm.auto import tqdm
-
-    from vsmd.diffusion.samplers import SampleResult
-    key = (tuple(times.tolist()), order)
-    cache = process.__dict__.setdefault("_weights", {})
-    if key not in cache:  # once per grid
-        cache.clear()
-        cache[key] = multistep_weights(times, order)
-    w, u = (z.tolist() for z in cache[key])
+    w, u = _weights(tuple(times.tolist()), order)
     x, v = process.split(a)
     forces: list[Tensor] = []
     traj = [a] if return_trajectory else None

@@ -32,7 +32,7 @@ cached until A changes. With a single data point x0_hat is constant (= x0), the 
 the step: sum_j w_j = M_t - Psi(t, s) M_s, so that a_t - M_t x0 = Psi(t, s)(a_s - M_s x0) to round-off.
 
 Which x0_hat: G G^T acts on v alone, so the ODE needs only the v row of the Tweedie relation. For momentum
-processes the model passes ``MomentumProcess.flow_estimate`` (from eps_v alone, exact for a single point and the
+processes the model passes ``MomentumProcess.flow_estimate`` (vsmd.diffusion.forward) (from eps_v alone, exact for a single point and the
 same flow as the score the other samplers use). The full E[x0 | a] from (eps_x, eps_v) (``data_estimate``) is
 also exact for a point, but drives v with a gain of order 1/t^2 near t_eps through the network's eps_x error,
 which made multistep EI diverge on trained toys (benchmarks/results/toy_ei.md history in the README).
@@ -50,49 +50,19 @@ when the grid stops early at t_stop).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import weakref
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vsmd.diffusion.grids import EI_GRIDS, ei_grid
 from vsmd.diffusion.process import ForwardProcess, pad_like
+from vsmd.diffusion.quadrature import gauss_legendre, lagrange_basis, on_interval
+from vsmd.diffusion.types import DenoiseFn, SampleResult
 
-DenoiseFn = Callable[[Tensor, Tensor], Tensor]
-EI_GRIDS = ("quadratic", "uniform", "log")
+__all__ = ["EI_GRIDS", "EICoefficients", "ei_coefficients", "ei_grid", "exponential_integrator"]
 F64 = torch.float64
-
-
-def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
-    """Nodes and weights of the n-point Gauss-Legendre rule on [-1, 1] (Golub-Welsch), float64."""
-    k = torch.arange(1, n, dtype=F64)
-    beta = k / torch.sqrt(4 * k * k - 1)
-    jac = torch.diag(beta, 1) + torch.diag(beta, -1)
-    nodes, vecs = torch.linalg.eigh(jac)  # a symmetric tridiagonal matrix, not a drift
-    return nodes, 2 * vecs[0] ** 2
-
-
-def ei_grid(process: ForwardProcess, n: int, kind: str = "quadratic", t_stop: float | None = None,
-            device=None) -> Tensor:
-    """n decreasing times from t_max to t_stop (default t_eps): quadratic (dense at the data end), uniform in t,
-    or uniform in log t."""
-    if kind not in EI_GRIDS:
-        raise ValueError(f"ei grid must be one of {EI_GRIDS}, got {kind!r}")
-    if n < 2:
-        raise ValueError(f"an EI grid needs at least 2 points, got {n}")
-    lo = process.t_eps if t_stop is None else float(t_stop)
-    hi = process.t_max
-    if not process.t_eps <= lo < hi:
-        raise ValueError(f"t_stop must be in [t_eps, t_max) = [{process.t_eps}, {hi}), got {lo}")
-    u = torch.linspace(1.0, 0.0, n, dtype=F64)
-    if kind == "uniform":
-        t = lo + (hi - lo) * u
-    elif kind == "quadratic":
-        t = lo + (hi - lo) * u * u
-    else:
-        t = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
-    t[0], t[-1] = hi, lo
-    return t.to(device=device, dtype=torch.float32)
 
 
 class _Kernel:
@@ -138,20 +108,19 @@ class EICoefficients:
                  interp: str = "log", max_gain: float = 100.0) -> None:
         if order not in (1, 2, 3):
             raise ValueError(f"the EI order must be 1, 2 or 3, got {order}")
-        self.process, self.order, self.max_gain = process, order, max_gain
+        self.order, self.max_gain = order, max_gain
+        self.rho = process.rho.detach().to("cpu").clone()  # the A the coefficients are for
         self.reduced: list[int] = []  # per step: how many dimensions used fewer nodes (momentum, see max_gain)
         self.times = times.detach().to("cpu", F64)
         kern = _Kernel(process)
-        gl_x, gl_w = _gauss_legendre(nodes)
+        rule = gauss_legendre(nodes)
         self.psi: list[tuple[Tensor, ...]] = []
         self.weights: list[list[tuple[Tensor, ...]]] = []
         for i in range(len(self.times) - 1):
             s, t = self.times[i], self.times[i + 1]
             # Composite Gauss-Legendre in u = log tau on [log t, log s].
             edges = torch.linspace(math.log(t), math.log(s), pieces + 1, dtype=F64)
-            u = torch.cat([(edges[j] + edges[j + 1]) / 2 + (edges[j + 1] - edges[j]) / 2 * gl_x
-                           for j in range(pieces)])
-            wq = torch.cat([(edges[j + 1] - edges[j]) / 2 * gl_w for j in range(pieces)])
+            u, wq = (z.reshape(-1) for z in on_interval(rule, edges[:-1, None], edges[1:, None]))
             tau = u.exp()
             jac = wq * tau  # d tau = tau du
             theta = self._theta(kern, t, tau) if process.momentum else None
@@ -177,10 +146,7 @@ class EICoefficients:
                 """Weights of x0_hat at the first k nodes (zero for the others)."""
                 out = []
                 for j in range(k):
-                    lag = torch.ones_like(tau)
-                    for m, zm in enumerate(zp[:k]):
-                        if m != j:
-                            lag = lag * (z - zm) / (zp[j] - zm)
+                    lag = lagrange_basis(z, zp[:k], j)
                     f = pad_like(-jac * lag, psi_nodes[0])  # int_s^t = -int_t^s
                     out.append(tuple((f * px * c_tau).sum(0) for px in psi_x))
                 rest = [sum(w[c] for w in out[1:]) for c in range(len(total))] if k > 1 else None
@@ -228,9 +194,8 @@ class EICoefficients:
         ts = tau[order]
         lo = torch.log(torch.cat([t.reshape(1).to(ts), ts[:-1]]))
         hi = torch.log(ts)
-        gx, gw = _gauss_legendre(m)
-        u = (lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * gx          # (n, m)
-        w = (hi - lo)[:, None] / 2 * gw * u.exp()
+        u, w = on_interval(gauss_legendre(m), lo[:, None], hi[:, None])  # (n, m)
+        w = w * u.exp()
         rate = kern.at(u.exp().reshape(-1))["rate"]
         rate = rate.reshape(*u.shape, *rate.shape[1:])                     # (n, m, *data)
         gaps = (w.reshape(*w.shape, *([1] * (rate.dim() - 2))) * rate).sum(1)
@@ -238,21 +203,26 @@ class EICoefficients:
         out[order] = gaps.cumsum(0)
         return out
 
-    def matches(self, process: ForwardProcess, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
+    def matches(self, times: Tensor, order: int, rho: Tensor, max_gain: float) -> bool:
         t = times.detach().to("cpu", F64)
-        return (process is self.process and order == self.order and t.shape == self.times.shape
-                and torch.equal(t, self.times) and torch.equal(rho, self._rho) and max_gain == self.max_gain)
+        return (order == self.order and t.shape == self.times.shape and torch.equal(t, self.times)
+                and torch.equal(rho, self.rho) and max_gain == self.max_gain)
+
+
+# The coefficients of each process's last grid, until the grid, the order, A (rho) or max_gain changes. Weak keys:
+# the entry goes with its process.
+_MEMO: weakref.WeakKeyDictionary[ForwardProcess, EICoefficients] = weakref.WeakKeyDictionary()
 
 
 def ei_coefficients(process: ForwardProcess, times: Tensor, order: int, max_gain: float = 100.0) -> EICoefficients:
-    """The coefficients of ``times`` and ``order``, cached on the process until the grid, order or A changes."""
-    rho = process.rho.detach().to("cpu").clone()
-    cached = getattr(process, "_ei_cache", None)
-    if cached is not None and cached.matches(process, times, order, rho, max_gain):
+    """The coefficients of ``times`` and ``order`` for ``process``, computed once until the grid, the order, A or
+    ``max_gain`` changes."""
+    rho = process.rho.detach().to("cpu")
+    cached = _MEMO.get(process)
+    if cached is not None and cached.matches(times, order, rho, max_gain):
         return cached
     coeffs = EICoefficients(process, times, order, max_gain=max_gain)
-    coeffs._rho = rho
-    process._ei_cache = coeffs
+    _MEMO[process] = coeffs
     return coeffs
 
 
@@ -266,8 +236,6 @@ def exponential_integrator(process: ForwardProcess, denoise_fn: DenoiseFn, a: Te
     node's data estimate may amplify the network's error where (L^{-1} M)_v crosses zero (``EICoefficients``;
     0 turns the guard off).
     """
-    from vsmd.diffusion.samplers import SampleResult
-
     co = ei_coefficients(process, times, order, max_gain)
     dev, dt = a.device, a.dtype
     traj = [a] if return_trajectory else None

@@ -3,32 +3,22 @@
 ``score_fn(a, t)`` takes the state (B, n_state*C, ...) and times (B,) and returns the score of the noise
 coordinate (v for momentum processes, x for overdamped ones), shape (B, *data_shape). Each sampler returns a
 ``SampleResult`` with the final state, the number of score evaluations (NFE) and, optionally, the states on
-the grid.
+the grid. ``vsmd.diffusion.registry`` registers them by name (with the exponential integrator and AGM's sampler)
+and ``sample`` there draws the prior, picks the grid and dispatches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vsmd.diffusion.ei import ei_grid as make_ei_grid
-from vsmd.diffusion.ei import exponential_integrator
 from vsmd.diffusion.process import ForwardProcess
+from vsmd.diffusion.types import SampleResult, ScoreFn
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
-SAMPLERS = ("em", "sscs", "heun", "ei")
-
-
-@dataclass
-class SampleResult:
-    state: Tensor                   # final state a at the last grid time
-    nfe: int                        # score-network evaluations
-    times: Tensor                   # the grid the trajectory is on, decreasing
-    trajectory: Tensor | None = None  # (len(times), B, ...) when asked for
+__all__ = ["SampleResult", "ScoreFn", "euler_maruyama", "heun", "splitting"]
 
 
 def _steps(times: Tensor, progress: bool, desc: str):
@@ -109,51 +99,3 @@ def heun(process: ForwardProcess, score_fn: ScoreFn, a: Tensor, times: Tensor,
         if traj is not None:
             traj.append(a)
     return SampleResult(a, nfe, times, torch.stack(traj) if traj is not None else None)
-
-
-def sample(name: str, process: ForwardProcess, score_fn: ScoreFn, n: int, steps: int,
-           generator: torch.Generator | None = None, device=None, return_trajectory: bool = False,
-           progress: bool = False, denoise_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-           ei_order: int = 3, ei_grid: str = "quadratic", t_stop: float | None = None,
-           guide: Tensor | None = None) -> SampleResult:
-    """Draw n samples from the prior N(0, Sigma_T) and run the sampler ``name`` on ``steps`` grid points.
-
-    ``ei`` (the exponential integrator, vsmd.diffusion.ei) needs ``denoise_fn(a, t)``, the data estimate
-    E[x0 | a_t]. With ``t_stop`` every sampler stops at that time and returns the data estimate there (one more
-    network call) in place of the state's x.
-    """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if getattr(process, "bridge", False):  # AGM: score_fn is the force; its own integrator, ending with the hop
-        from vsmd.diffusion.agm import agm_grid, agm_sample
-        if name != "ei":
-            raise ValueError(f"process {process.name!r} samples with its exponential integrator only: use sampler "
-                             f"ei, not {name!r}")
-        a = process.prior_sample(n, generator=generator, device=device)
-        times = agm_grid(steps, t_stop, ei_grid, device=device)
-        return agm_sample(process, score_fn, a, times, ei_order, return_trajectory, progress, guide=guide,
-                          generator=generator)
-    if guide is not None:
-        raise ValueError("velocity guidance needs process agm")
-    if steps < 2:
-        raise ValueError(f"a sampler needs at least 2 grid points, got steps={steps}")
-    if (name == "ei" or t_stop is not None) and denoise_fn is None:
-        raise ValueError(f"sampler {name!r}{' with t_stop' if t_stop is not None else ''} needs the data estimate "
-                         "E[x0 | a_t] (denoise_fn)")
-    a = process.prior_sample(n, generator=generator, device=device)
-    if name == "ei":
-        times = make_ei_grid(process, steps, ei_grid, t_stop, device=device)
-        return exponential_integrator(process, denoise_fn, a, times, ei_order, denoise_last=t_stop is not None,
-                                      return_trajectory=return_trajectory, progress=progress)
-    times = process.time_grid(steps, device=device)
-    if t_stop is not None:
-        times = make_ei_grid(process, steps, "uniform", t_stop, device=device)
-    fn = {"em": euler_maruyama, "sscs": splitting, "heun": heun}[name]
-    kw = {"final_euler_to_zero": False} if (name == "heun" and t_stop is not None) else {}
-    res = fn(process, score_fn, a, times, generator=generator, return_trajectory=return_trajectory,
-             progress=progress, **kw)
-    if t_stop is None:
-        return res
-    parts = list(process.split(res.state))
-    parts[0] = denoise_fn(res.state, torch.full((n,), float(times[-1]), device=res.state.device))
-    return SampleResult(process.join(*parts), res.nfe + 1, times, res.trajectory)
