@@ -346,3 +346,20 @@ def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path: Path) -> None:
     for data_dir in (afile, afile / "sub"):
         with pytest.raises(ValueError, match=f"{afile} is a file, not a folder"):
             load_series("exchange_rate_nips", data_dir, download=True)
+
+
+def test_the_config_of_a_resumed_run_does_not_evaluate_the_checkpoint_it_resumed_from(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """A resumed fit saves ``ckpt_path`` (the earlier run's checkpoint) in its config.yaml: ``vsmd test -c`` that
+    config without --ckpt_path scored the earlier checkpoint with exit 0, not the run whose config was given."""
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "10"])
+    first = versions(tmp_path)[-1]
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "20", "--ckpt_path", str(first / "checkpoints" / "last.ckpt")])
+    resumed = versions(tmp_path)[-1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--config", str(resumed / "config.yaml")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--ckpt_path {resumed.resolve() / 'checkpoints' / 'last.ckpt'}" in err, err
+    assert versions(tmp_path)[-1] == resumed  # refused before any work
