@@ -321,6 +321,23 @@ def test_a_loss_blow_up_at_step_0_says_there_is_no_checkpoint_to_resume(tmp_path
     assert "start the fit again with a lower lr" in err and "the last one" not in err
 
 
+def test_a_loss_blow_up_before_the_first_checkpoint_does_not_advise_resuming(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
+    """The usual blow-up (too large an lr) comes at step 1 or 2, long before the first checkpoint (every 1000
+    steps): the message must not tell the user to resume from a checkpoint that does not exist."""
+    real = VSMDModule.batch_loss
+
+    def blow_up_at_step_2(self, batch, net):
+        return real(self, batch, net) if self.global_step < 2 else torch.tensor(float("inf"))
+
+    monkeypatch.setattr(VSMDModule, "batch_loss", blow_up_at_step_2)
+    with pytest.raises(SystemExit):
+        main(["fit", *tiny(tmp_path), "--trainer.max_steps", "5"])
+    err = capsys.readouterr().err
+    assert "the score loss is inf at step 2" in err, err
+    assert "no checkpoint was written yet" in err and "resume from the newest" not in err, err
+
+
 def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path: Path) -> None:
     from vsmd.datamodules.timeseries import load_series
 
@@ -329,3 +346,20 @@ def test_a_data_dir_that_is_a_file_is_called_a_file(tmp_path: Path) -> None:
     for data_dir in (afile, afile / "sub"):
         with pytest.raises(ValueError, match=f"{afile} is a file, not a folder"):
             load_series("exchange_rate_nips", data_dir, download=True)
+
+
+def test_the_config_of_a_resumed_run_does_not_evaluate_the_checkpoint_it_resumed_from(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """A resumed fit saves ``ckpt_path`` (the earlier run's checkpoint) in its config.yaml: ``vsmd test -c`` that
+    config without --ckpt_path scored the earlier checkpoint with exit 0, not the run whose config was given."""
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "10"])
+    first = versions(tmp_path)[-1]
+    main(["fit", *tiny(tmp_path), "--trainer.max_steps", "20", "--ckpt_path", str(first / "checkpoints" / "last.ckpt")])
+    resumed = versions(tmp_path)[-1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--config", str(resumed / "config.yaml")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--ckpt_path {resumed.resolve() / 'checkpoints' / 'last.ckpt'}" in err, err
+    assert versions(tmp_path)[-1] == resumed  # refused before any work

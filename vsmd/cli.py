@@ -176,6 +176,7 @@ class VSMDCLI(LightningCLI):
                     f"vsmd {sub} needs --ckpt_path: the checkpoint to evaluate, e.g. "
                     "runs/<name>/version_N/checkpoints/last.ckpt (without it the untrained network would be "
                     f"scored). To evaluate the untrained network on purpose, pass --ckpt_path {UNTRAINED}.")
+            _check_resumed_from(sub, str(ckpt), self.config[sub].get("config"), self._argv)
         if ckpt and str(ckpt) in _CKPT_KEYWORDS:
             ckpt = self._resolve_keyword(sub, str(ckpt))
             self.config[sub]["ckpt_path"] = ckpt
@@ -221,6 +222,20 @@ def _unwrapped(err: Exception) -> Exception:
         return cause
     lines = [ln.strip()[2:] for ln in str(err).splitlines() if ln.strip().startswith("- ") and "NoneType" not in ln]
     return ValueError("; ".join(lines) or str(err).splitlines()[0])
+
+
+def _check_resumed_from(sub: str, ckpt: str, config_files: list | None, argv: list[str]) -> None:
+    """A run's saved config.yaml of a resumed fit records the checkpoint that fit resumed from; without
+    --ckpt_path, validate/test/predict would silently evaluate that earlier checkpoint instead of the run."""
+    if ckpt in _CKPT_KEYWORDS or any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in argv):
+        return
+    for cfg in config_files or []:
+        run = Path(str(getattr(cfg, "absolute", cfg))).resolve().parent
+        if (run / "checkpoints").is_dir() and run not in Path(ckpt).resolve().parents:
+            raise CheckpointError(
+                f"the config {cfg} is the saved config of the run {run}, whose fit resumed from {ckpt}: without "
+                f"--ckpt_path, vsmd {sub} would evaluate that earlier checkpoint, not this run. Pass the checkpoint "
+                f"to evaluate, e.g. --ckpt_path {run / 'checkpoints' / 'last.ckpt'}")
 
 
 def _check_config_files(argv: list[str]) -> None:

@@ -55,6 +55,15 @@ class PhaseSpaceModule(pl.LightningModule):
         trainer = self._trainer
         return trainer is not None and trainer.progress_bar_callback is not None and trainer.is_global_zero
 
+    def _checkpoint_exists(self) -> bool:
+        """Whether this fit has a checkpoint to resume from: the one it resumed from, or one it saved (a blow-up
+        at step 1 or 2 of a new fit comes long before the first checkpoint)."""
+        trainer = self._trainer
+        if trainer is None:
+            return self.global_step > 0
+        return bool(trainer.ckpt_path) or any(getattr(cb, "_last_global_step_saved", 0) > 0
+                                              for cb in trainer.checkpoint_callbacks)
+
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, or None."""
         if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):
@@ -435,9 +444,9 @@ class VSMDModule(PhaseSpaceModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self.batch_loss(batch, self.net)
         if not torch.isfinite(loss):
-            then = ("no checkpoint was written yet, so there is nothing to resume: start the fit again with a lower "
-                    "lr" if self.global_step == 0 else "the checkpoints saved so far are untouched: resume from the "
-                    "newest with a lower lr")
+            then = ("the checkpoints saved so far are untouched: resume from the newest with a lower lr"
+                    if self._checkpoint_exists() else "no checkpoint was written yet, so there is nothing to resume: "
+                    "start the fit again with a lower lr")
             raise FloatingPointError(f"the score loss is {loss.item()} at step {self.global_step}; training stopped "
                                      f"before this step changed any weight, and {then} (or check the data for "
                                      "NaN/inf).")

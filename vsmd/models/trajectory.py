@@ -227,9 +227,9 @@ class TrajectoryBridge(PhaseSpaceModule):
             loss, parts = self.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the bridge-matching loss is {loss.item()} at step {self.global_step}; " + (
-                "no checkpoint was written yet, so there is nothing to resume: start the fit again with a lower lr."
-                if self.global_step == 0 else "the saved checkpoints are untouched: resume from the newest with a "
-                "lower lr."))
+                "the saved checkpoints are untouched: resume from the newest with a lower lr."
+                if self._checkpoint_exists() else "no checkpoint was written yet, so there is nothing to resume: "
+                "start the fit again with a lower lr."))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False)
         return loss
