@@ -155,6 +155,17 @@ def test_an_explicit_version_that_exists_is_refused_and_left_alone(tmp_path: Pat
     assert [p.name for p in versions(tmp_path)] == ["version_7", "version_8"] and snapshot(run) == before
 
 
+@pytest.mark.parametrize("version", ["-1", '""', "../version_0"])
+def test_a_version_that_is_no_folder_name_is_refused(tmp_path: Path, capsys, version: str) -> None:
+    """-1 made a folder version_-1 and "" one literally named \"\"; a path would leave the run's root."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *tiny(tmp_path), "--trainer.max_steps", "2", "--trainer.logger.init_args.version", version])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "a version is a number >= 0" in err and "Traceback" not in err, err
+    assert not versions(tmp_path) and not any((tmp_path / "spiral8y").glob("*"))
+
+
 # --- item 5: signals -------------------------------------------------------------------------------------------------
 
 class StepPrinter(pl.Callback):

@@ -94,6 +94,15 @@ def test_time_scales_the_bridge_cannot_handle_are_refused(tmp_path):
     _fit_file(tmp_path / "seconds.npz", sigma=1e-11)  # the same noise per span as 0.1 over 2 units: trains
 
 
+def test_times_far_from_zero_are_refused_before_training(tmp_path):
+    """Snapshot times [1e9, 1e9 + 1, 1e9 + 2] (Unix timestamps): the fit exited 0 and vsmd test then died in a
+    ZeroDivisionError (the float32 grid cannot resolve the span); now refused before training, saying what to do.
+    Times a few spans from 0 still train."""
+    with pytest.raises(ValueError, match=r"start at 1e\+09.*Subtract the first time"):
+        _fit_file(_gauss_file(tmp_path / "unix.npz", (1e9, 1e9 + 1, 1e9 + 2)))
+    _fit_file(_gauss_file(tmp_path / "offset.npz", (10.0, 11.0, 12.0)))
+
+
 def test_exploded_trajectories_are_reported_not_scored(tmp_path, monkeypatch):
     """A model whose simulation explodes: vsmd test writes null metrics and samples_problem and exits 1 (at b1072ca:
     W1 0.0, a perfect score, exit 0); vsmd predict keeps samples.npz for inspection and exits 1."""

@@ -9,9 +9,10 @@ dx = v dt, dv = a dt + sigma dW, u = t / c gives dx/du = c v and a noise sigma c
 dx = u dt + sigma dW gives sigma c^(1/2). Every time that goes in or out (pins, requested times, the simulation grid)
 is in the data's own units.
 
-Two things no change of units can fix are refused before training: a gap between consecutive pins that is a tiny
-fraction of the span (the drift there is (gap)^-2 times larger than elsewhere; at 1e-2 of the span the fit is
-already useless), and a reference noise far larger than the data (sigma is per unit of the data's time: 0.1 over a
+Three things no change of units can fix are refused before training: times that start far from 0 compared with
+their span (Unix timestamps: the clock is scaled, not shifted, and float32 cannot resolve them), a gap between
+consecutive pins that is a tiny fraction of the span (the drift there is (gap)^-2 times larger than elsewhere; at
+1e-2 of the span the fit is already useless), and a reference noise far larger than the data (sigma is per unit of the data's time: 0.1 over a
 span of 2e7 seconds is a position noise of about 1e9).
 """
 
@@ -26,6 +27,7 @@ from vsmd.diffusion.trajectory import spline_kriging
 
 MIN_GAP_FRACTION = 1e-2  # smallest allowed (gap between consecutive pins) / (span of the pins)
 MAX_NOISE_RATIO = 10.0  # largest allowed (the bridge's position sd between the pins) / (the data's sd)
+MAX_ORIGIN_RATIO = 1e3  # largest allowed |first pin| / (span of the pins): float32 times keep ~1e-4 of the span
 
 
 def time_exponent(pins: Sequence[float]) -> int:
@@ -59,6 +61,17 @@ def check_pin_gaps(pins: Sequence[float]) -> None:
                          f"{ratio:.3g} of the span {t[-1] - t[0]:.3g} (times {t}); the bridge cannot fit a gap below "
                          f"{MIN_GAP_FRACTION:g} of the span (the drift there is (span / gap)^2 times larger than "
                          "elsewhere, and the fit fails). Merge the two snapshots, hold one out (holdout), or drop it.")
+
+
+def check_origin(pins: Sequence[float]) -> None:
+    """A clear error when the times start far from 0 compared with their span (e.g. Unix timestamps): the internal
+    clock divides by a power of ten but does not shift, and a float32 grid near 1e9 cannot resolve a span of 2."""
+    t0, span = float(pins[0]), float(pins[-1]) - float(pins[0])
+    if abs(t0) > MAX_ORIGIN_RATIO * span:
+        raise ValueError(f"the snapshot times start at {t0:g}, {abs(t0) / span:.3g} times their span {span:.3g} "
+                         f"(times {[float(p) for p in pins]}); the simulation runs in float32 and cannot resolve such "
+                         f"times (at most {MAX_ORIGIN_RATIO:g} spans from 0 is allowed). Subtract the first time from "
+                         "every snapshot time (e.g. t - t_0) in the data file.")
 
 
 def bridge_position_sd(bridge, points: int = 200) -> float:

@@ -135,6 +135,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         pins = [dm.times[i] for i in dm.train_indices]
         if self.pins is not None and not np.allclose(self.data_pins, pins):
             raise ValueError(f"the checkpoint was trained with snapshots at {self.data_pins}, the data now has {pins}")
+        units.check_origin(pins)
         units.check_pin_gaps(pins)
         self.data_identity = dm.identity
         self._set_times(pins, dm.times, self.time_exponent if self.pins is not None else None)
