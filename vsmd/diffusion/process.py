@@ -248,7 +248,8 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # The checks of options that more than one layer applies (the module before training, the process and the samplers
-# when they run): each is written once, here.
+# when they run), each written once: the damping here, t_stop in grids.py (check_t_stop), the sampler a path accepts
+# in registry.py (check_sampler).
 def check_damping(damping: float, name: str | None = None) -> None:
     """The damping ratio R in (0, 1]; for process ``name``, R = 1 exactly for cld/vscld and R < 1 for uld/vsuld."""
     if not 0 < damping <= 1:
@@ -259,23 +260,3 @@ def check_damping(damping: float, name: str | None = None) -> None:
     if name in ("cld", "vscld") and damping != 1:
         raise ValueError(f"process {name!r} is critically damped (R = 1), got damping={damping}; "
                          "use uld/vsuld for R < 1")
-
-
-def check_t_stop(t_stop: float | None, t_eps: float, t_max: float, bridge: bool = False, option: str = "t_stop",
-                 unset: str = "") -> None:
-    """Where a sampler may stop: a diffusion's time in [t_eps, t_max); a bridge's (time noise 0 -> data 1, e.g.
-    AGM's) in (0, t_max]. None (no stop) always passes; ``unset`` says what None means, for the message."""
-    if t_stop is None:
-        return
-    if bridge and not 0 < t_stop <= t_max:
-        raise ValueError(f"{option} must be in (0, {t_max}]{unset} for a bridge process such as agm (the bridge "
-                         f"time of the hop), got {t_stop}")
-    if not bridge and not t_eps <= t_stop < t_max:
-        raise ValueError(f"{option} must be in [t_eps, t_max) = [{t_eps}, {t_max}){unset}, got {t_stop}")
-
-
-def check_bridge_sampler(name: str, sampler: str) -> None:
-    """A bridge process (AGM) samples with its own exponential integrator only: sampler "ei"."""
-    if name in BRIDGES and sampler != "ei":
-        raise ValueError(f"process {name!r} samples with its exponential integrator only: set sampler: ei (got "
-                         f"{sampler!r})")

@@ -13,8 +13,8 @@ import torch
 
 from vsmd.diffusion.agm import AGMProcess, agm_sample
 from vsmd.diffusion.ei import exponential_integrator
-from vsmd.diffusion.grids import agm_grid, ei_grid
 from vsmd.diffusion.forward import make_forward_process
+from vsmd.diffusion.grids import agm_grid, ei_grid
 from vsmd.diffusion.process import BRIDGES, PROCESSES, ForwardProcess
 from vsmd.diffusion.samplers import euler_maruyama, heun, splitting
 from vsmd.diffusion.types import DenoiseFn, GaussianPath, SampleOptions, SampleResult, SamplerFn, ScoreFn
@@ -67,16 +67,35 @@ def sampler_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for _, name in SAMPLER_REGISTRY))
 
 
-def sampler_for(process: GaussianPath, name: str) -> SamplerFn:
-    """The sampler ``name`` of the process's class (the nearest registered base class)."""
+# The path class each process name builds: what the module checks its sampler against before it builds the process.
+PATH_CLASSES: dict[str, type] = {**dict.fromkeys(PROCESSES, ForwardProcess), **dict.fromkeys(BRIDGES, AGMProcess)}
+
+
+def _registered(path_class: type, process_name: str, name: str) -> SamplerFn:
+    """The sampler ``name`` of ``path_class`` (the nearest registered base class), or the one error that says which
+    samplers exist and which this process accepts."""
     if name not in sampler_names():
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(sampler_names())}")
-    for cls in type(process).__mro__:
+    for cls in path_class.__mro__:
         if (cls, name) in SAMPLER_REGISTRY:
             return SAMPLER_REGISTRY[(cls, name)]
-    own = dict.fromkeys(m for c, m in SAMPLER_REGISTRY if isinstance(process, c))
-    raise ValueError(f"process {process.name!r} samples with its own sampler only: use sampler {' or '.join(own)}, "
-                     f"not {name!r}")
+    own = list(dict.fromkeys(m for c, m in SAMPLER_REGISTRY if issubclass(path_class, c)))
+    raise ValueError(f"process {process_name!r} samples with its own sampler only: use sampler {' or '.join(own)}, "
+                     f"not {name!r} (set sampler: {own[0]})")
+
+
+def sampler_for(process: GaussianPath, name: str) -> SamplerFn:
+    """The sampler ``name`` of the process's class (the nearest registered base class)."""
+    return _registered(type(process), process.name, name)
+
+
+def check_sampler(process_name: str, name: str) -> None:
+    """Refuse, before the process is built, a sampler that process ``process_name`` has no entry for (an unknown
+    process name is make_process's to refuse)."""
+    if process_name in PATH_CLASSES:
+        _registered(PATH_CLASSES[process_name], process_name, name)
+    elif name not in sampler_names():
+        _registered(object, process_name, name)
 
 
 def sample(name: str, process: GaussianPath, score_fn: ScoreFn, n: int, steps: int,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from vsmd.diffusion.grids import knot_grid as time_grid  # the trajectory simulator's grid (old name kept)
 from vsmd.diffusion.trajectory import MultiMarginalBridge
 
 TRAJECTORY_SAMPLERS = ("phase", "marginal")  # the phase-space simulation; the marginal ODE dx/dt = E[v | x, t]
@@ -91,20 +92,6 @@ def langevin_velocity(score: Callable[[Tensor], Tensor], v: Tensor, step_sd: Ten
         xi = torch.randn(v.shape, generator=generator).to(v)
         v = v + delta * score(v) + (2 * delta).sqrt() * xi
     return v
-
-
-
-def time_grid(knots: Sequence[float], steps: int) -> Tensor:
-    """An increasing float64 grid from knots[0] to knots[-1] with every knot on it and about ``steps`` steps in
-    all, spread over the segments in proportion to their lengths (at least one per segment)."""
-    knots = sorted(set(float(k) for k in knots))
-    span = knots[-1] - knots[0]
-    pieces = [torch.tensor([knots[0]], dtype=torch.float64)]
-    for a, b in zip(knots[:-1], knots[1:]):
-        n = max(1, round(steps * (b - a) / span)) if span > 0 else 1
-        pieces.append(torch.linspace(a, b, n + 1, dtype=torch.float64)[1:])
-    return torch.cat(pieces)
-
 
 
 @torch.no_grad()

@@ -14,11 +14,13 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from vsmd.datamodules.moments import DataMoments
-from vsmd.diffusion import SAMPLERS, ZB_MODES, VariationalScoreSA, make_process
+from vsmd.diffusion import ZB_MODES, VariationalScoreSA, make_process
 from vsmd.diffusion import sample as run_sampler
 from vsmd.diffusion.agm import AGM_T_MAX
 from vsmd.diffusion.ei import EI_GRIDS
-from vsmd.diffusion.process import MOMENTUM, check_bridge_sampler, check_t_stop
+from vsmd.diffusion.grids import check_t_stop
+from vsmd.diffusion.process import MOMENTUM
+from vsmd.diffusion.registry import check_sampler
 from vsmd.diffusion.rotation import Rotation
 from vsmd.diffusion.variational import SA_SAMPLERS
 from vsmd.models import ema as ema_lib
@@ -203,8 +205,7 @@ class VSMDModule(PhaseSpaceModule):
         agm_scale: str = "none",
     ) -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_sampler(process, sampler)
         if parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
         if parametrisation == "eps" and init_velocity != "hsm" and process in MOMENTUM:
@@ -213,7 +214,6 @@ class VSMDModule(PhaseSpaceModule):
             raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
         if ei_order not in (1, 2, 3) or ei_grid not in EI_GRIDS:
             raise ValueError(f"need ei_order in 1..3 and ei_grid in {EI_GRIDS}, got {ei_order}, {ei_grid!r}")
-        check_bridge_sampler(process, sampler)
         if process == "agm":
             if rotation != "none":
                 raise ValueError("process agm has no variational scores to rotate: use rotation: none")

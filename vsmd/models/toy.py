@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vsmd.diffusion.process import check_t_stop
+from vsmd.diffusion.grids import check_t_stop
 from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
 from vsmd.metrics.health import unusable_advice_for
 from vsmd.models.base import VSMDModule
