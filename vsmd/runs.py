@@ -78,7 +78,8 @@ def reserve_run_folder(trainer: dict, config_files: list | None = None, argv: li
     if isinstance(version, bool) or (isinstance(version, int) and version < 0) or (
             isinstance(version, str) and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", version)):
         raise ValueError(f"{VERSION_FLAG} {version!r}: a version is a number >= 0 (the folder version_N) or a plain "
-                         f"folder name (letters, digits, _ . -); leave it out (or pass {VERSION_FLAG} null) to take the next free version_N")
+                         f"folder name (letters, digits, _ . -); leave it out (or pass {VERSION_FLAG} null) to take "
+                         "the next free version_N")
     if version is not None and _folder(root, version).exists() and _from_own_config(_folder(root, version),
                                                                                    config_files, argv or []):
         print(f"run folder: {_folder(root, version)} is the run whose config was given; this run takes the next "

@@ -12,8 +12,8 @@ is in the data's own units.
 Three things no change of units can fix are refused before training: times that start far from 0 compared with
 their span (Unix timestamps: the clock is scaled, not shifted, and float32 cannot resolve them), a gap between
 consecutive pins that is a tiny fraction of the span (the drift there is (gap)^-2 times larger than elsewhere; at
-1e-2 of the span the fit is already useless), and a reference noise far larger than the data (sigma is per unit of the data's time: 0.1 over a
-span of 2e7 seconds is a position noise of about 1e9).
+1e-2 of the span the fit is already useless), and a reference noise far larger than the data (sigma is per unit
+of the data's time: 0.1 over a span of 2e7 seconds is a position noise of about 1e9).
 """
 
 from __future__ import annotations
