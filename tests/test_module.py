@@ -104,7 +104,7 @@ def test_the_data_moments_come_through_the_datamodules_moment_batches() -> None:
     class Counting(Toy2DDataModule):
         def moment_batches(self):
             calls.append(1)
-            return super().moment_batches()
+            return self.train_dataloader()
 
     model = ToyVSMD(hidden=16, depth=1, rotation="pca", sa_every=2, sa_paths=16, sa_points=6)
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,

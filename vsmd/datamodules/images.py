@@ -165,10 +165,6 @@ class ImageDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=w,
                           pin_memory=torch.cuda.is_available(), persistent_workers=w > 0)
 
-    def moment_batches(self) -> DataLoader:
-        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
-        return self.train_dataloader()
-
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, shuffle=True, drop_last=True)
 

@@ -8,8 +8,8 @@ At the start of a fit a model may need the training data's moments (VSMDModule: 
 
 :class:`DataMoments` (a callback the model installs with ``configure_callbacks``) hands the model that method at
 ``on_fit_start``, the Lightning hook where the trainer's DataModule is known, so that the model itself never
-reaches into the trainer for its data. A DataModule without ``moment_batches`` (not one of vsmd's) lends its
-``train_dataloader``.
+reaches into the trainer for its data. A DataModule without ``moment_batches`` (vsmd's own: their training stream is
+what the moments should see) lends its ``train_dataloader``.
 """
 
 from __future__ import annotations

@@ -370,10 +370,6 @@ class GluonTSDataModule(pl.LightningDataModule):
                              f"a window needs {need} (context + max lag + prediction length); shorten the context "
                              "or the lags")
 
-    def moment_batches(self) -> DataLoader:
-        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
-        return self.train_dataloader()
-
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         seed = self.hparams.seed + 7919 * rank  # distinct streams under DDP

@@ -121,10 +121,6 @@ class Toy2DDataModule(pl.LightningDataModule):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 999_983 * offset)
         return make_toy(self.dataset, n, self.stretch, gen, self.rotate)
 
-    def moment_batches(self) -> DataLoader:
-        """Training batches from the start of the stream, for a model's data moments (vsmd.datamodules.moments)."""
-        return self.train_dataloader()
-
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP
         return StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank,
