@@ -11,7 +11,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
 
 from vsmd.datamodules.moments import DataMoments
 from vsmd.diffusion import ZB_MODES, VariationalScoreSA, make_process
@@ -35,14 +34,9 @@ NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the m
 
 
 class PhaseSpaceModule(pl.LightningModule):
-    """What every vsmd task module shares, and the base class ``vsmd fit/test/predict`` accept: the EMA of the
-    network's weights, the run folder and the TensorBoard writer. VSMDModule (score models and the AGM bridge) and
+    """What every vsmd task module shares, and the base class ``vsmd fit/test/predict`` accept: the run folder, the
+    TensorBoard writer and the sampling progress setting (the EMA copies come from vsmd.models.ema). VSMDModule (score models and the AGM bridge) and
     TrajectoryBridge (trajectory inference) build on it."""
-
-    @staticmethod
-    def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
-        """An EMA copy of ``net`` (None for decay 0); ``warmup``: decay min(decay, (1 + n) / (10 + n))."""
-        return ema_lib.make_ema(net, decay, warmup)
 
     def run_dir(self) -> Path:
         """The run's log directory (where test/predict write their files), created if needed."""
@@ -277,7 +271,7 @@ class VSMDModule(PhaseSpaceModule):
             self.x_scale = None
         self._scale_initialised = False
         self.net = self.build_net()
-        self.net_ema = self.make_ema(self.net, ema_decay, ema_warmup)
+        self.net_ema = ema_lib.make_ema(self.net, ema_decay, ema_warmup)
         if sa_points is None:
             sa_points = 100 if sa_sampler == "em" else 50
         self.sa = (VariationalScoreSA(self.process, sa_lr, sa_steps, sa_paths, sa_points, zb_mode, zeta, sa_lr_decay,

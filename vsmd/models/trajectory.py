@@ -98,7 +98,7 @@ class TrajectoryBridge(PhaseSpaceModule):
         self.fnet = MLPScoreNet(data_dim, 2, hidden, depth) if velocity_flow_steps > 0 else None
         for name in NETS:  # each network's EMA copy (None without the network or with ema_decay 0)
             net = getattr(self, name)
-            setattr(self, f"{name}_ema", self.make_ema(net, ema_decay) if net is not None else None)
+            setattr(self, f"{name}_ema", ema_lib.make_ema(net, ema_decay) if net is not None else None)
         self.pins: list[float] | None = None  # training snapshot times on the internal clock (see _set_times)
         self.data_pins, self.time_exponent = None, 0  # the same in the data's units (kept in the checkpoint)
         self.data_identity: dict | None = None  # the training file's path and fingerprint (dm.identity)
