@@ -78,11 +78,12 @@ def paths_figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vsmd.models import ToyVSMD
+    from vsmd.models import ToyAGM, ToyVSMD
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for col, name in enumerate(("AGM", "VSULD-5")):
         pin = {} if name == "AGM" else {"ei_order": 3, "ei_grid": "quadratic", "ei_t_stop": None}
-        model = ToyVSMD.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu", **pin)
+        cls = ToyAGM if name == "AGM" else ToyVSMD
+        model = cls.load_from_checkpoint(results["spiral-8Y"][name][0]["ckpt"], map_location="cpu", **pin)
         res = model.generate(40, sampler="ei", steps=100, return_trajectory=True, seed=3)
         x = model.process.split(res.trajectory.flatten(0, 1))[0].reshape(*res.trajectory.shape[:2], -1).numpy()
         s = res.times.numpy()[: len(x)]  # time to the data: 1 -> 0
@@ -106,7 +107,7 @@ def guidance(results: dict, radius: float = 5.0, n: int = 3000) -> list[dict]:
     import yaml
 
     from vsmd.datamodules import Toy2DDataModule
-    from vsmd.models import ToyVSMD
+    from vsmd.models import ToyAGM
     data = yaml.safe_load((ROOT / AGM_CONFIGS["spiral-8Y"]).read_text())["data"]["init_args"]
     rows = []
     for model_name, run in [(m, r) for m in ("AGM", AGM_SCALED) for r in results["spiral-8Y"].get(m, [])]:
@@ -114,7 +115,7 @@ def guidance(results: dict, radius: float = 5.0, n: int = 3000) -> list[dict]:
         target = real[real[:, 1].argmax()]
         row = {"model": model_name, "seed": run["seed"], "target": target.tolist()}
         for name, guide in (("unguided", None), ("guided", target.tolist())):
-            model = ToyVSMD.load_from_checkpoint(run["ckpt"], map_location="cpu", guide=guide)
+            model = ToyAGM.load_from_checkpoint(run["ckpt"], map_location="cpu", guide=guide)
             x = model.process.split(model.generate(n, seed=run["seed"] + 7).state)[0].double()
             on_data = torch.cdist(x, real).min(1).values < 1.0
             row[name] = {"in_target": float(((x - target).norm(dim=1) < radius).double().mean()),

@@ -45,8 +45,9 @@ from vsmd.metrics import crps_sum, gluonts_metrics, random_walk_samples  # noqa:
 PAPER = {"cld": 0.0069, "vsdm": 0.0070, "vscld": 0.0137, "vsuld": 0.0098}  # Table 1, Exchange
 DEFAULT_RUNS = "vsuld:0,cld:0,vscld:0,vsdm:0,vsuld:1,cld:1,vsuld:2,cld:2"
 DAMPING = {"vsuld": 0.7, "uld": 0.7, "cld": 1.0, "vscld": 1.0}
-# AGM samples with its own integrator only: the official code's NFE 20 setting (hop at t = 0.9)
-PROCESS_ARGS = {"agm": ["--model.init_args.sampler", "ei", "--model.init_args.sample_steps", "20",
+# AGM is its own class and samples with its own integrator only: the official code's NFE 20 setting (hop at t = 0.9)
+PROCESS_ARGS = {"agm": ["--model", "vsmd.models.TimeSeriesAGM", "--model.init_args.sampler", "ei",
+                        "--model.init_args.sample_steps", "20",
                         "--model.init_args.t_stop", "0.9"]}
 
 
@@ -59,9 +60,9 @@ def run_exchange(process: str, seed: int, args, work: Path) -> dict:
     name = f"{process}-seed{seed}"
     process, _, rotation = process.partition("+")
     common = ["--config", str(ROOT / "configs/exchange.yaml"), "--seed_everything", str(seed),
-              "--model.init_args.process", process, "--model.init_args.seed", str(seed),
-              "--model.init_args.damping", str(DAMPING.get(process, "null")),
-              *(["--model.init_args.rotation", rotation] if rotation else []), *PROCESS_ARGS.get(process, []),
+              *PROCESS_ARGS.get(process, ["--model.init_args.process", process,
+                                          "--model.init_args.damping", str(DAMPING.get(process, "null"))]),
+              "--model.init_args.seed", str(seed), *(["--model.init_args.rotation", rotation] if rotation else []),
               "--data.init_args.seed", str(seed), "--data.init_args.data_dir", str(args.data_dir),
               "--trainer.logger.init_args.save_dir", str(work), "--trainer.logger.init_args.name", name,
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

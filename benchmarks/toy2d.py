@@ -62,9 +62,10 @@ EXTRA_SAMPLERS = (("sscs", 100), ("em", 100))  # beside the config's heun 50 (NF
 
 
 def _args(config: str, process: str, beta: float, damping: float, extra: tuple, out: Path, seed: int) -> list[str]:
-    return ["--config", str(ROOT / config), "--seed_everything", str(seed),
-            "--model.init_args.process", process, "--model.init_args.beta", str(beta),
-            "--model.init_args.damping", str(damping), "--model.init_args.seed", str(seed),
+    model = ([] if process == "agm" else  # an AGM config names its own class (ToyAGM), without these options
+             ["--model.init_args.process", process, "--model.init_args.beta", str(beta),
+              "--model.init_args.damping", str(damping)])
+    return ["--config", str(ROOT / config), "--seed_everything", str(seed), *model, "--model.init_args.seed", str(seed),
             "--data.init_args.seed", str(seed),
             "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", "run",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]

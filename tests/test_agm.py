@@ -249,16 +249,18 @@ def test_the_sampler_with_the_exact_force_recovers_gaussian_data(steps: int, sto
 
 
 def test_process_agm_is_built_by_name_and_bad_options_are_refused() -> None:
-    from vsmd.models import ToyVSMD
+    from vsmd.models import ToyAGM, ToyVSMD
     assert isinstance(make_process("agm", (2,), agm_p=2.0), AGMProcess)
     with pytest.raises(ValueError, match="choose one of .*agm"):
         make_process("foo", (2,))
     with pytest.raises(ValueError, match="set sampler: ei"):
-        ToyVSMD(process="agm", sampler="heun")
-    with pytest.raises(ValueError, match="no variational scores to rotate"):
-        ToyVSMD(process="agm", sampler="ei", rotation="pca")
+        ToyAGM(sampler="heun")
+    with pytest.raises(TypeError, match="rotation"):  # AGM has no variational scores to rotate: no such option
+        ToyAGM(rotation="pca")
     with pytest.raises(ValueError, match="bridge time of the hop"):
-        ToyVSMD(process="agm", sampler="ei", t_stop=1.5)
+        ToyAGM(t_stop=1.5)
+    with pytest.raises(ValueError, match="model family of its own .*ToyAGM"):  # a VSMD class says where AGM went
+        ToyVSMD(process="agm", sampler="ei")
     with pytest.raises(ValueError, match="noise scale p must be > 0"):
         AGMProcess((2,), p=0.0)
 
@@ -274,7 +276,7 @@ def test_agm_through_fit_test_predict(tmp_path: Path, capsys) -> None:
     main(["fit", *args, "--trainer.max_steps", "30"])
     ckpt = versions(tmp_path)[-1] / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["hyper_parameters"]["process"] == "agm" and "vsmd_sa" not in state
+    assert state["hyper_parameters"]["_class_path"].endswith("ToyAGM") and "vsmd_sa" not in state
     main(["test", *args, "--ckpt_path", str(ckpt)])
     out = capsys.readouterr().out
     assert "test metrics (ei, NFE 20" in out
@@ -324,19 +326,21 @@ def test_velocity_guidance_moves_the_mass_toward_the_target() -> None:
         assert near.float().mean() > 0.95  # the samples are data points either way
         fractions.append(float(((x - points[1]).norm(dim=1) < 0.3).float().mean()))
     assert abs(fractions[0] - 0.5) < 0.05 and fractions[1] > 0.75, fractions  # measured 0.49 -> 0.79
-    from vsmd.models import ToyVSMD
-    with pytest.raises(ValueError, match="guide .* needs process agm"):
+    from vsmd.models import ToyAGM, ToyVSMD
+    with pytest.raises(TypeError, match="guide"):  # guidance is AGM's: a VSMD model has no such option
         ToyVSMD(process="vsuld", guide=[0.0, 1.0])
     with pytest.raises(ValueError, match="one value per data dimension"):
-        ToyVSMD(process="agm", sampler="ei", guide=[0.0])
+        ToyAGM(guide=[0.0])
 
 
 def test_agm_scale_data_runs_the_bridge_on_unit_scale_data_and_resumes_it(tmp_path: Path, capsys) -> None:
     """agm_scale data: the sd of the training data per dimension at fit start (spiral-8Y: about 1 and 8 times the
     spiral's), printed, in the checkpoint, not recomputed on resume; the exact-force sampler keeps sd-8 data only
     with it at NFE 10."""
-    from vsmd.models import ToyVSMD
+    from vsmd.models import ToyAGM, ToyVSMD
     with pytest.raises(ValueError, match="agm_scale must be"):
+        ToyAGM(agm_scale="sd")
+    with pytest.raises(TypeError, match="agm_scale"):  # AGM's: a VSMD model has no such option
         ToyVSMD(process="vsuld", agm_scale="data")
     args = ["--config", str(ROOT / "configs" / "spiral8y_agm.yaml"), "--trainer.logger.init_args.save_dir",
             str(tmp_path), "--trainer.logger.init_args.name", "spiral8y", "--trainer.enable_progress_bar", "false",

@@ -349,8 +349,10 @@ def test_a_toy_config_with_sampler_ei_gets_the_recommended_settings(name: str) -
                         "--model.init_args.ei_order", "3", "--model.init_args.ei_grid", "quadratic")
     assert got == (3, "quadratic", None)
     if name != "spiral8y_rot45":  # AGM keeps its own integrator's setting
-        _, got = _cli_model(name, "--model.init_args.process", "agm", "--model.init_args.sampler", "ei")
-        assert got == (3, "quadratic", None)
+        from vsmd.models import ToyAGM
+        agm = ToyAGM(hidden=8, depth=1)
+        opts = agm.sampler_options(agm.eval_net)
+        assert (opts["ei_order"], opts["ei_grid"], opts["t_stop"]) == (3, "quadratic", None)
 
 
 def test_the_coefficients_are_kept_per_process_until_grid_order_or_rho_changes() -> None:

@@ -10,7 +10,7 @@ import pytest
 from test_cli import tiny  # tests/test_cli.py
 from vsmd.cli import main
 from vsmd.metrics.health import unusable_advice, unusable_advice_for
-from vsmd.models import ToyVSMD
+from vsmd.models import ToyAGM, ToyVSMD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("process", "has_a"), [("vsuld", True), ("vsdm", True), ("cld", False), ("vp", False),
                                                 ("agm", False)])
 def test_advice_names_the_steps_and_a_only_where_it_is_learned(process: str, has_a: bool) -> None:
-    model = ToyVSMD(process=process, sampler="ei" if process == "agm" else "heun", sample_steps=7)
+    model = ToyAGM(sample_steps=7) if process == "agm" else ToyVSMD(process=process, sample_steps=7)
     text = unusable_advice_for(model)
     assert "saw 0 training steps" in text and "with 7 grid points" in text
     assert ("sa_lr" in text) == has_a and ("A is learned" in text) == has_a

@@ -16,7 +16,7 @@ from PIL import Image
 from vsmd.cli import main
 from vsmd.datamodules import ImageDataModule
 from vsmd.metrics import fid as fidlib
-from vsmd.models import ImageVSMD, UNet
+from vsmd.models import ImageAGM, ImageVSMD, UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "cifar10_tiny.yaml")
@@ -159,8 +159,8 @@ def test_per_pixel_variational_scores_and_a_training_step() -> None:
 
 def test_agm_on_images_a_training_step_and_sampling() -> None:
     torch.manual_seed(0)
-    model = ImageVSMD(channels=8, channel_mult=[1, 2], num_res_blocks=1, process="agm", sampler="ei",
-                      sample_steps=5, t_stop=0.9, num_classes=10)
+    model = ImageAGM(channels=8, channel_mult=[1, 2], num_res_blocks=1,
+                     sample_steps=5, t_stop=0.9, num_classes=10)
     assert model.sa is None
     batch = (torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([3, 4]))
     assert torch.isfinite(model.batch_loss(batch, model.net))
@@ -272,13 +272,13 @@ def test_agm_velocity_guidance_toward_a_target_image(tmp_path: Path) -> None:
     target[:, :10, 0], target[:, 10:, 2] = 255, 255  # red left half, blue right half
     Image.fromarray(target).save(tmp_path / "target.png")
     kw = dict(image_size=16, channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
-              process="agm", sampler="ei", sample_steps=12, t_stop=0.9)
+              sample_steps=12, t_stop=0.9)
     torch.manual_seed(0)
-    plain = ImageVSMD(**kw)
+    plain = ImageAGM(**kw)
     with torch.no_grad():
         for p in plain.parameters():
             p.zero_()
-    guided = ImageVSMD(**kw, guide_image=str(tmp_path / "target.png"))
+    guided = ImageAGM(**kw, guide_image=str(tmp_path / "target.png"))
     guided.load_state_dict(plain.state_dict())
     goal = guided.guide_target()
     assert goal.shape == (3, 16, 16) and float(goal[0, :, :4].min()) > 0.9 and float(goal[2, :, :4].max()) < -0.9
@@ -287,11 +287,12 @@ def test_agm_velocity_guidance_toward_a_target_image(tmp_path: Path) -> None:
         x, _ = model.generate_images(16, seed=0)
         dist[name] = float((x - goal).pow(2).mean())
     assert dist["guided"] < 0.95 * dist["plain"], dist  # measured: 1.43 against 1.59
-    with pytest.raises(ValueError, match="guide_image .* needs process agm"):
-        ImageVSMD(**(kw | {"process": "vscld", "sampler": "heun"}), guide_image=str(tmp_path / "target.png"))
-    missing = ImageVSMD(**kw, guide_image=str(tmp_path / "nothing.png"))
+    with pytest.raises(TypeError, match="guide_image"):  # guidance is AGM's: a VSMD model has no such option
+        ImageVSMD(image_size=16, channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                  process="vscld", guide_image=str(tmp_path / "target.png"))
+    missing = ImageAGM(**kw, guide_image=str(tmp_path / "nothing.png"))
     with pytest.raises(FileNotFoundError, match="no file at .*nothing.png"):
         missing.generate_images(1, seed=0)
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(ValueError, match="not a readable image"):
-        ImageVSMD(**kw, guide_image=str(tmp_path / "bad.png")).generate_images(1, seed=0)
+        ImageAGM(**kw, guide_image=str(tmp_path / "bad.png")).generate_images(1, seed=0)

@@ -192,7 +192,7 @@ def _fit(rotate: float, frame: torch.Tensor, steps: int = 30, rotation: str = "p
     model.frame.copy_(frame.float())
     if model.frame_rotation is not None:
         model.frame_rotation.reset(frame.double())
-    model._frame_initialised = True
+    model.data_start.frame = True
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, limit_val_batches=0,
                          enable_model_summary=False, enable_checkpointing=False, deterministic=True)
     trainer.fit(model, datamodule=Toy2DDataModule("spiral", [1.0, 8.0], batch_size=128, rotate=rotate))

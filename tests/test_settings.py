@@ -7,10 +7,12 @@ import inspect
 import pytest
 
 from vsmd.datamodules import GluonTSDataModule, ImageDataModule, Toy2DDataModule, TrajectoryDataModule
-from vsmd.models import ImageVSMD, PhaseSpaceModule, TimeSeriesVSMD, ToyVSMD, TrajectoryBridge, VSMDModule
+from vsmd.models import (AGMModule, GenerativeModule, ImageAGM, ImageVSMD, PhaseSpaceModule, TimeSeriesAGM,
+                         TimeSeriesVSMD, ToyAGM, ToyVSMD, TrajectoryBridge, VSMDModule)
 from vsmd.settings import ROLES, SettingsPolicy, policy_for
 
-MODULES = [VSMDModule, ToyVSMD, TimeSeriesVSMD, ImageVSMD, TrajectoryBridge]
+MODULES = [GenerativeModule, VSMDModule, ToyVSMD, TimeSeriesVSMD, ImageVSMD, AGMModule, ToyAGM, TimeSeriesAGM, ImageAGM,
+           TrajectoryBridge]
 DATAMODULES = [Toy2DDataModule, GluonTSDataModule, ImageDataModule, TrajectoryDataModule]
 
 

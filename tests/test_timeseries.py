@@ -17,7 +17,7 @@ from vsmd.cli import main
 from vsmd.datamodules import GluonTSDataModule
 from vsmd.datamodules import timeseries as tsdata
 from vsmd.metrics import crps_sum, gluonts_metrics, random_walk_samples
-from vsmd.models import TimeSeriesVSMD
+from vsmd.models import TimeSeriesAGM, TimeSeriesVSMD
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "exchange.yaml")
@@ -184,7 +184,7 @@ def test_every_process_trains_adapts_and_forecasts(process: str, archive_dir) ->
 def test_agm_trains_and_forecasts_through_the_conditional_model(archive_dir) -> None:
     """process agm in the forecaster: the same RNN condition, the force as the network's target, its sampler."""
     torch.manual_seed(0)
-    model = TimeSeriesVSMD(process="agm", sampler="ei", sample_steps=5, t_stop=0.9, hidden=8, layers=1, cond_dim=8,
+    model = TimeSeriesAGM(sample_steps=5, t_stop=0.9, hidden=8, layers=1, cond_dim=8,
                            channels=4, residual_layers=2, context_length=10, num_samples=4)
     model.prediction_length = 30
     assert model.sa is None

@@ -25,6 +25,7 @@ from vsmd.checkpointing import (  # noqa: E402
     loaded,
     newest_checkpoint,
 )
+from vsmd.legacy import check_legacy_config, upgrade_hparams  # noqa: E402
 from vsmd.models import PhaseSpaceModule  # noqa: E402
 from vsmd.runs import (  # noqa: E402
     RESERVED,
@@ -123,7 +124,7 @@ class VSMDCLI(LightningCLI):
         ckpt = loaded(ckpt_path)  # as check_checkpoint loaded it
         if ckpt is None:
             ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        cls, hparams = _split(ckpt.get("hyper_parameters", {}))
+        cls, hparams = upgrade_hparams(*_split(ckpt.get("hyper_parameters", {})))
         data_cls, data_hparams = _split(ckpt.get("datamodule_hyper_parameters", {}))
         given_cls, given = _given(self.config[sub].get("model"))
         given_data_cls, given_data = _given(self.config[sub].get("data"))
@@ -239,16 +240,18 @@ def _check_resumed_from(sub: str, ckpt: str, config_files: list | None, argv: li
 
 
 def _check_config_files(argv: list[str]) -> None:
-    """Name an empty config file (jsonargparse says only "Unexpected config:")."""
+    """Name an empty config file (jsonargparse says only "Unexpected config:"), and refuse a vsmd 0.1 AGM config."""
     import yaml
 
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else arg[9:] if arg.startswith(
             "--config=") else None
         try:
-            empty = bool(path) and Path(path).is_file() and yaml.safe_load(Path(path).read_text()) is None
+            loaded = yaml.safe_load(Path(path).read_text()) if path and Path(path).is_file() else False
         except Exception:  # noqa: BLE001 (unreadable or not YAML: jsonargparse reports it)
-            empty = False
+            loaded = False
+        empty = loaded is None
+        check_legacy_config(path, loaded)
         if empty:
             raise ValueError(f"the config file {path} is empty (no settings, at most comments); a config has the "
                              "sections model:, data: and trainer: (see configs/spiral8y.yaml), or leave --config out "

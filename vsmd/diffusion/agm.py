@@ -81,7 +81,7 @@ class AGMProcess(nn.Module):
     momentum = True
     adaptive = False
     n_state = 2
-    bridge = True  # time runs noise (0) -> data (1); samplers get the force, not a score
+    # time runs noise (0) -> data (1); its sampler gets the force, not a score (vsmd.models.agm.AGMModule.score)
 
     def __init__(self, data_shape: tuple[int, ...], p: float = 3.0, k: float = 0.2,
                  t_eps: float = AGM_T_MIN, t_max: float = AGM_T_MAX) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -41,3 +42,17 @@ def update_ema(pairs: Iterable[tuple[nn.Module | None, AveragedModel | None]]) -
     for net, ema in pairs:
         if net is not None and ema is not None:
             ema.update_parameters(net)
+
+
+def match_ema(state: dict[str, Tensor], has_copy: bool, net: str = "net", ema: str = "net_ema") -> None:
+    """Let a resume switch EMA on or off (ema_decay 0 <-> > 0), in a checkpoint's state dict before it is loaded
+    (Lightning loads it strictly): drop the checkpoint's EMA weights when this module has no copy, or start the new
+    copy from the checkpoint's network (the next update copies the network)."""
+    has_ema = any(k.startswith(f"{ema}.") for k in state)
+    if not has_copy and has_ema:
+        for k in [k for k in state if k.startswith(f"{ema}.")]:
+            del state[k]
+    elif has_copy and not has_ema:
+        n = len(net) + 1
+        state.update({f"{ema}.module.{k[n:]}": v.clone() for k, v in list(state.items()) if k.startswith(f"{net}.")})
+        state[f"{ema}.n_averaged"] = torch.tensor(0, dtype=torch.long)

@@ -1,4 +1,5 @@
-"""VSMD on images (paper section 5.3): U-Net score network, per-pixel variational scores, FID, sample grids."""
+"""The image task (paper section 5.3) for both generative families: U-Net network, per-pixel variational scores,
+FID, sample grids. ImageVSMD and ImageAGM are the task mixed with a family."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 
 from vsmd.metrics.health import DivergedSamplesError, sample_problem, unusable_advice_for, write_json
 from vsmd.metrics.fid import file_fingerprint, load_or_compute_reference, make_fid, resolve_weights, to_uint8
-from vsmd.models.base import VSMDModule
+from vsmd.models.agm import AGMModule
+from vsmd.models.score import VSMDModule
 from vsmd.models.unet import UNet
 
 
@@ -47,58 +49,28 @@ def variational_scores_figure(alpha: Tensor, nu: Tensor | None):
     return fig
 
 
-class ImageVSMD(VSMDModule):
-    """VSMD for images with per-pixel diagonal A (d = C x H x W).
+IMAGE_SETTINGS = dict(
+    weights=("image_size", "channels", "channel_mult", "num_res_blocks", "attn_resolutions", "num_classes"),
+    resume=("lr_warmup", "lr_decay", "lr_decay_every", "dropout"),
+    evaluation=("compile", "grid_size", "val_sample_steps", "fid_weights", "fid_reference_images", "fid_cache"))
 
-    Args:
-        image_size: height = width (32 for CIFAR-10); must match the data.
-        channels: U-Net base width (128: the paper-size, 35.7 M parameter network).
-        channel_mult: U-Net width multipliers per resolution.
-        num_res_blocks: residual blocks per resolution.
-        attn_resolutions: resolutions with self-attention.
-        dropout: dropout in the residual blocks.
-        num_classes: > 0 trains a class-conditional model (labels from the data; sampling draws random labels).
-        lr_warmup: linear learning-rate warm-up over this many steps ...
-        lr_decay: ... then multiply the rate by this ...
-        lr_decay_every: ... every this many steps (VSMD code: 0.99 every 10 000).
-        compile: train through ``torch.compile`` of the network (the checkpoint keeps the plain weights).
-        grid_size: images in the sample grid logged at each validation.
-        val_sample_steps: sampler grid points for that grid (cheaper than the test sampler).
-        fid_weights: path of torch-fidelity's Inception-v3 weights (None: torch hub's cache, downloaded if online).
-        fid_reference_images: training images for the FID reference statistics (50 000: all of CIFAR-10 train).
-        fid_cache: folder of cached reference statistics ("" disables the cache).
-        guide_image: process "agm": velocity guidance toward this image (a PNG or JPEG path, resized to
-            image_size) in sampling (test, predict): in the first quarter of the steps v is redrawn from the
-            bridge's p(v | x; x1 = image); the network is not changed. None: unguided.
-        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
-    """
 
-    SETTINGS = VSMDModule.SETTINGS.extend(
-        weights=("image_size", "channels", "channel_mult", "num_res_blocks", "attn_resolutions", "num_classes"),
-        resume=("lr_warmup", "lr_decay", "lr_decay_every", "dropout"),
-        evaluation=("compile", "grid_size", "val_sample_steps", "fid_weights", "fid_reference_images", "fid_cache",
-                    "guide_image"))
+def check_images(image_size: int, channels: int, num_res_blocks: int, num_classes: int, grid_size: int,
+                 lr_warmup: int, lr_decay: float, lr_decay_every: int) -> None:
+    if image_size < 4 or channels < 1 or num_res_blocks < 1 or num_classes < 0 or grid_size < 1:
+        raise ValueError("need image_size >= 4, channels >= 1, num_res_blocks >= 1, num_classes >= 0 and "
+                         f"grid_size >= 1; got {image_size}, {channels}, {num_res_blocks}, {num_classes}, "
+                         f"{grid_size}")
+    if lr_warmup < 0 or not 0 < lr_decay <= 1 or lr_decay_every < 1:
+        raise ValueError(f"need lr_warmup >= 0, lr_decay in (0, 1], lr_decay_every >= 1; got {lr_warmup}, "
+                         f"{lr_decay}, {lr_decay_every}")
 
-    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
-                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
-                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
-                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
-                 fid_weights: str | None = None, fid_reference_images: int = 50000,
-                 fid_cache: str = "~/.cache/vsmd/fid", guide_image: str | None = None, **kwargs: Any) -> None:
-        if image_size < 4 or channels < 1 or num_res_blocks < 1 or num_classes < 0 or grid_size < 1:
-            raise ValueError("need image_size >= 4, channels >= 1, num_res_blocks >= 1, num_classes >= 0 and "
-                             f"grid_size >= 1; got {image_size}, {channels}, {num_res_blocks}, {num_classes}, "
-                             f"{grid_size}")
-        if lr_warmup < 0 or not 0 < lr_decay <= 1 or lr_decay_every < 1:
-            raise ValueError(f"need lr_warmup >= 0, lr_decay in (0, 1], lr_decay_every >= 1; got {lr_warmup}, "
-                             f"{lr_decay}, {lr_decay_every}")
-        self._image_size = image_size
-        self._unet = dict(channels=channels, channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
-                          attn_resolutions=tuple(attn_resolutions), dropout=dropout, num_classes=num_classes)
-        super().__init__(**kwargs)
-        if guide_image is not None and not self.bridge:
-            raise ValueError(f"guide_image (velocity guidance) needs process agm, got process "
-                             f"{self.hparams.process!r}")
+
+class ImageTask:
+    """The image task, mixed into a generative family (ImageVSMD, ImageAGM); its options are read from
+    ``self.hparams``."""
+
+    def init_task_state(self) -> None:
         self._compiled: list[nn.Module] = []   # a list, so the compiled wrapper is not a registered sub-module
         self._fid: list = []                   # likewise: the Inception network never enters state_dict or EMA
         self._test: dict[str, Any] = {}
@@ -106,11 +78,18 @@ class ImageVSMD(VSMDModule):
         self._predict_cost: list[tuple[int, float]] = []  # (NFE, sampling seconds) per predict batch
         self._problems: list[str] = []  # non-finite or exploded samples met by test/predict
 
+    @property
+    def _image_size(self) -> int:
+        return self.hparams.image_size
+
     def data_shape(self) -> tuple[int, ...]:
         return (3, self._image_size, self._image_size)
 
     def build_net(self) -> nn.Module:
-        return UNet(3 * self.process.n_state, 3 * self.out_state, self._image_size, **self._unet)
+        h = self.hparams
+        return UNet(3 * self.process.n_state, 3 * self.out_state, h.image_size, channels=h.channels,
+                    channel_mult=tuple(h.channel_mult), num_res_blocks=h.num_res_blocks,
+                    attn_resolutions=tuple(h.attn_resolutions), dropout=h.dropout, num_classes=h.num_classes)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -120,27 +99,6 @@ class ImageVSMD(VSMDModule):
                              f"{self.data_shape()}; set model.init_args.image_size to match data.init_args.image_size")
         if self.hparams.compile and not self._compiled:
             self._compiled.append(torch.compile(self.net))
-
-    def guide_target(self) -> Tensor:
-        """The guide image (3, H, W) in [-1, 1], resized to the model's image size."""
-        from PIL import Image
-        path = Path(self.hparams.guide_image).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"guide_image: no file at {path}; give the path of a PNG or JPEG image")
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((self._image_size, self._image_size), Image.BICUBIC)
-                pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
-        except OSError as err:
-            raise ValueError(f"guide_image: {path} is not a readable image ({err})") from None
-        return (pixels.permute(2, 0, 1) / 127.5 - 1).to(self.device)
-
-    def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None
-                        ) -> dict[str, Any]:
-        opts = super().sampler_options(net, cond, sampler)
-        if self.hparams.get("guide_image"):
-            opts["guide"] = self.to_frame(self.guide_target())
-        return opts
 
     # ----------------------------------------------------------------------------------------------
     def _labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
@@ -259,7 +217,7 @@ class ImageVSMD(VSMDModule):
                        "antialias off); only meaningful with the real Inception weights and >= 10k images",
                        "sampler": h.sampler, "sample_steps": h.sample_steps,
                        "seconds_per_image": self._test["sampling_seconds"] / max(n, 1),
-                       "process": h.process, "beta": h.beta, "damping": h.damping,
+                       "process": self.process.name, "beta": h.get("beta"), "damping": h.get("damping"),
                        "trained_steps": max(self.trained_steps, self.global_step)}
         alpha, nu = self.process.variational_scores()
         self._test["A_summary"] = {"A_x_mean": float(alpha.mean()),
@@ -293,7 +251,7 @@ class ImageVSMD(VSMDModule):
             return
         out = self.run_dir()
         np.savez_compressed(out / "samples.npz", images=images.permute(0, 2, 3, 1).numpy(),
-                            process=self.hparams.process, sampler=self.hparams.sampler,
+                            process=self.process.name, sampler=self.hparams.sampler,
                             sample_steps=self.hparams.sample_steps, nfe=nfe, sampling_seconds=seconds)
         problems, self._problems = self._problems, []
         if problems:
@@ -303,3 +261,83 @@ class ImageVSMD(VSMDModule):
             save_png(image_grid(images[k:k + 100], nrow=10), out / f"samples_{k // 100:03d}.png")
         print(f"wrote {len(images)} images to {out / 'samples.npz'} and {math.ceil(len(images) / 100)} PNG grid(s) "
               f"({self.hparams.sampler}, NFE {nfe}, {seconds:.1f} s of sampling on rank 0)")
+
+
+class ImageVSMD(ImageTask, VSMDModule):
+    """VSMD and its relatives on images, with per-pixel diagonal A (d = C x H x W).
+
+    Args:
+        image_size: height = width (32 for CIFAR-10); must match the data.
+        channels: U-Net base width (128: the paper-size, 35.7 M parameter network).
+        channel_mult: U-Net width multipliers per resolution.
+        num_res_blocks: residual blocks per resolution.
+        attn_resolutions: resolutions with self-attention.
+        dropout: dropout in the residual blocks.
+        num_classes: > 0 trains a class-conditional model (labels from the data; sampling draws random labels).
+        lr_warmup: linear learning-rate warm-up over this many steps ...
+        lr_decay: ... then multiply the rate by this ...
+        lr_decay_every: ... every this many steps (VSMD code: 0.99 every 10 000).
+        compile: train through ``torch.compile`` of the network (the checkpoint keeps the plain weights).
+        grid_size: images in the sample grid logged at each validation.
+        val_sample_steps: sampler grid points for that grid (cheaper than the test sampler).
+        fid_weights: path of torch-fidelity's Inception-v3 weights (None: torch hub's cache, downloaded if online).
+        fid_reference_images: training images for the FID reference statistics (50 000: all of CIFAR-10 train).
+        fid_cache: folder of cached reference statistics ("" disables the cache).
+        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
+    """
+
+    SETTINGS = VSMDModule.SETTINGS.extend(**IMAGE_SETTINGS)
+
+    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
+                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
+                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
+                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
+                 fid_weights: str | None = None, fid_reference_images: int = 50000,
+                 fid_cache: str = "~/.cache/vsmd/fid", **kwargs: Any) -> None:
+        check_images(image_size, channels, num_res_blocks, num_classes, grid_size, lr_warmup, lr_decay, lr_decay_every)
+        super().__init__(**kwargs)
+        self.init_task_state()
+
+
+class ImageAGM(ImageTask, AGMModule):
+    """The AGM bridge on images (configs/cifar10_agm.yaml).
+
+    Args:
+        image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_classes, lr_warmup,
+            lr_decay, lr_decay_every, compile, grid_size, val_sample_steps, fid_weights, fid_reference_images,
+            fid_cache: as for ImageVSMD.
+        guide_image: velocity guidance toward this image (a PNG or JPEG path, resized to
+            image_size) in sampling (test, predict): in the first quarter of the steps v is redrawn from the
+            bridge's p(v | x; x1 = image); the network is not changed. None: unguided.
+        **kwargs: the bridge, optimisation and sampler options of ``AGMModule``.
+    """
+
+    SETTINGS = AGMModule.SETTINGS.extend(**(IMAGE_SETTINGS | {
+        "evaluation": (*IMAGE_SETTINGS["evaluation"], "guide_image")}))
+
+    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
+                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
+                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
+                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
+                 fid_weights: str | None = None, fid_reference_images: int = 50000,
+                 fid_cache: str = "~/.cache/vsmd/fid", guide_image: str | None = None,
+                 **kwargs: Any) -> None:
+        check_images(image_size, channels, num_res_blocks, num_classes, grid_size, lr_warmup, lr_decay, lr_decay_every)
+        super().__init__(**kwargs)
+        self.init_task_state()
+
+    def guide_target(self) -> Tensor | None:
+        """The guide image (3, H, W) in [-1, 1], resized to the model's image size (None: unguided)."""
+        from PIL import Image
+        if not self.hparams.get("guide_image"):
+            return super().guide_target()
+        path = Path(self.hparams.guide_image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"guide_image: no file at {path}; give the path of a PNG or JPEG image")
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((self._image_size, self._image_size), Image.BICUBIC)
+                pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
+        except OSError as err:
+            raise ValueError(f"guide_image: {path} is not a readable image ({err})") from None
+        return (pixels.permute(2, 0, 1) / 127.5 - 1).to(self.device)

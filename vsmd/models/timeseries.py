@@ -1,9 +1,10 @@
-"""Conditional VSMD for multivariate probabilistic forecasting (paper section 5.2), TimeGrad-style.
+"""Multivariate probabilistic forecasting (paper section 5.2), TimeGrad-style, for both generative families.
 
 An RNN over scaled lagged values and time features encodes the history into h_t; the score network models
 x_t | h_t on the phase space of the chosen process, with A diagonal over the D series. Training uses teacher
 forcing over the context and the forecast window; forecasts are autoregressive: each step samples x_t for all
-paths at once, feeds it back through the lags, and moves the RNN one step.
+paths at once, feeds it back through the lags, and moves the RNN one step. TimeSeriesVSMD and TimeSeriesAGM are the
+task mixed with a family.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from vsmd.datamodules.timeseries import default_lags
 from vsmd.diffusion import sample as run_sampler
 from vsmd.metrics.health import DivergedSamplesError, sample_problem, unusable_advice_for, write_json
 from vsmd.metrics.timeseries import METRIC_KEYS, gluonts_metrics
-from vsmd.models.base import VSMDModule
+from vsmd.models.agm import AGMModule
+from vsmd.models.score import VSMDModule
 from vsmd.models.nets import TimeGradNet
 from vsmd.plotting import forecast_figure
 
@@ -34,65 +36,53 @@ def n_time_features(freq: str) -> int:
     return len(time_features_from_frequency_str(freq))
 
 
-class TimeSeriesVSMD(VSMDModule):
-    """VSMD forecaster: RNN encoder + conditional score network over the target dimension.
+TS_SETTINGS = dict(
+    weights=("target_dim", "freq", "context_length", "lags", "scaling", "rnn", "hidden", "layers", "cond_dim",
+             "channels", "residual_layers"),
+    resume=("dropout",), evaluation=("num_samples",))
 
-    Args:
-        target_dim: number of series D; must match the data.
-        freq: pandas frequency of the data ("B" for Exchange, "h" for Solar and Electricity); must match the data.
-        context_length: steps the RNN sees before a forecast and that the scale is computed on (None: the
-            dataset's prediction length, as TimeGrad).
-        lags: lagged values fed to the RNN (None: TimeGrad's set for ``freq``: B [1, 2], h [1, 24, 168]).
-        scaling: "std" ((x - mean) / std over the context, as the VSDM code), "mean" (x / mean|x|, TimeGrad) or
-            "none". With "mean", the next value of a slowly moving series sits within ~0.5% of 1 and the
-            diffusion model must resolve that at its smallest noise levels; "std" puts the one-step spread at a
-            sizeable fraction of unit scale (on Exchange, CRPS-Sum 0.0049 against 0.011 with "mean").
-        rnn: "gru" or "lstm".
-        hidden: RNN width.
-        layers: RNN layers.
-        dropout: RNN dropout between layers.
-        cond_dim: size of the condition the RNN state is mapped to.
-        channels: channels of the score network's residual conv blocks over the series axis.
-        residual_layers: number of those blocks.
-        num_samples: forecast sample paths per window (test and predict).
-        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule`` (here ema_warmup
-            defaults to true).
-    """
+
+def check_forecaster(target_dim: int, num_samples: int, context_length: int | None, lags: list[int],
+                     scaling: str) -> None:
+    if target_dim < 1 or num_samples < 1 or (context_length is not None and context_length < 1):
+        raise ValueError(f"target_dim, num_samples and context_length must be >= 1, got {target_dim}, "
+                         f"{num_samples}, {context_length}")
+    if not lags or min(lags) < 1:
+        raise ValueError(f"lags must be positive integers, got {lags}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+
+
+class TimeSeriesTask:
+    """The forecasting task, mixed into a generative family (TimeSeriesVSMD, TimeSeriesAGM); its options are read
+    from ``self.hparams``."""
 
     supports_rotation = True  # Q is D x D over the series; forecasts leave the frame in forecast()
-    SETTINGS = VSMDModule.SETTINGS.extend(
-        weights=("target_dim", "freq", "context_length", "lags", "scaling", "rnn", "hidden", "layers", "cond_dim",
-                 "channels", "residual_layers"),
-        resume=("dropout",), evaluation=("num_samples",))
 
-    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
-                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
-                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
-                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
-        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
-        if target_dim < 1 or num_samples < 1 or (context_length is not None and context_length < 1):
-            raise ValueError(f"target_dim, num_samples and context_length must be >= 1, got {target_dim}, "
-                             f"{num_samples}, {context_length}")
-        if not lags or min(lags) < 1:
-            raise ValueError(f"lags must be positive integers, got {lags}")
-        if scaling not in SCALINGS:
-            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
-        self._target_dim, self._lags = target_dim, lags
-        self._net_args = dict(rnn=rnn, hidden=hidden, layers=layers, dropout=dropout, cond_dim=cond_dim,
-                              channels=channels, residual_layers=residual_layers)
-        self._n_feat = n_time_features(freq)
-        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
-        super().__init__(**kwargs)
+    def init_task_state(self) -> None:
         self.prediction_length: int | None = None  # from the data, at setup
         self._test: dict[str, Any] = {}
         self._outputs: list[dict[str, np.ndarray]] = []
 
+    @property
+    def _target_dim(self) -> int:
+        return self.hparams.target_dim
+
+    @property
+    def _lags(self) -> list[int]:
+        """The lags (sorted, unique; None: TimeGrad's set for ``freq``). Computed from the options, because a model
+        made by LightningCLI saves the config's values as its hyperparameters, not the constructor's locals."""
+        h = self.hparams
+        return sorted(set(h.lags)) if h.lags is not None else default_lags(h.freq)
+
     def data_shape(self) -> tuple[int, ...]:
-        return (self._target_dim,)
+        return (self.hparams.target_dim,)
 
     def build_net(self) -> nn.Module:
-        return TimeGradNet(self._target_dim, self.process.n_state, self._lags, self._n_feat, **self._net_args,
-                           out_state=self.out_state)
+        h = self.hparams
+        return TimeGradNet(h.target_dim, self.process.n_state, self._lags, n_time_features(h.freq), rnn=h.rnn,
+                           hidden=h.hidden, layers=h.layers, dropout=h.dropout, cond_dim=h.cond_dim,
+                           channels=h.channels, residual_layers=h.residual_layers, out_state=self.out_state)
 
     @property
     def max_lag(self) -> int:
@@ -251,7 +241,8 @@ class TimeSeriesVSMD(VSMDModule):
                       "sampler": h.sampler, "sample_steps": h.sample_steps,
                       "nfe_per_step": out["nfe"] // out["samples"].shape[2], "nfe_per_path": out["nfe"],
                       "sampling_seconds": out["seconds"],
-                      "process": h.process, "beta": h.beta, "damping": h.damping, "scaling": h.scaling,
+                      "process": self.process.name, "beta": h.get("beta"), "damping": h.get("damping"),
+                      "scaling": h.scaling,
                       "context_length": self.context(self.prediction_length), "lags": self._lags,
                       "trained_steps": max(self.trained_steps, self.global_step), "forecasts": str(npz),
                       "samples_problem": problem}
@@ -261,7 +252,7 @@ class TimeSeriesVSMD(VSMDModule):
             raise DivergedSamplesError(f"the forecasts are unusable: {problem}. The metrics in {path} are null; the "
                                        f"forecasts are in {npz} for inspection. " + unusable_advice_for(self))
         fig = forecast_figure(out["history"][0], out["future"][0], out["samples"][0],
-                              title=f"{h.process}: window 1 from {out['forecast_start'][0]}")
+                              title=f"{self.process.name}: window 1 from {out['forecast_start'][0]}")
         fig.savefig(self.run_dir() / "forecast.png", dpi=110)
         tb = self.tensorboard()
         if tb is not None:
@@ -289,3 +280,63 @@ class TimeSeriesVSMD(VSMDModule):
         print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path} "
               f"({self.hparams.sampler}, NFE {out['nfe'] // out['samples'].shape[2]} per step, {out['seconds']:.1f} s "
               "of sampling)")
+
+
+class TimeSeriesVSMD(TimeSeriesTask, VSMDModule):
+    """VSMD and its relatives as a forecaster: RNN encoder + conditional score network over the target dimension.
+
+    Args:
+        target_dim: number of series D; must match the data.
+        freq: pandas frequency of the data ("B" for Exchange, "h" for Solar and Electricity); must match the data.
+        context_length: steps the RNN sees before a forecast and that the scale is computed on (None: the
+            dataset's prediction length, as TimeGrad).
+        lags: lagged values fed to the RNN (None: TimeGrad's set for ``freq``: B [1, 2], h [1, 24, 168]).
+        scaling: "std" ((x - mean) / std over the context, as the VSDM code), "mean" (x / mean|x|, TimeGrad) or
+            "none". With "mean", the next value of a slowly moving series sits within ~0.5% of 1 and the
+            diffusion model must resolve that at its smallest noise levels; "std" puts the one-step spread at a
+            sizeable fraction of unit scale (on Exchange, CRPS-Sum 0.0049 against 0.011 with "mean").
+        rnn: "gru" or "lstm".
+        hidden: RNN width.
+        layers: RNN layers.
+        dropout: RNN dropout between layers.
+        cond_dim: size of the condition the RNN state is mapped to.
+        channels: channels of the score network's residual conv blocks over the series axis.
+        residual_layers: number of those blocks.
+        num_samples: forecast sample paths per window (test and predict).
+        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule`` (here ema_warmup
+            defaults to true).
+    """
+
+    SETTINGS = VSMDModule.SETTINGS.extend(**TS_SETTINGS)
+
+    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
+                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
+                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
+                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
+        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
+        check_forecaster(target_dim, num_samples, context_length, lags, scaling)
+        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
+        super().__init__(**kwargs)
+        self.init_task_state()
+
+
+class TimeSeriesAGM(TimeSeriesTask, AGMModule):
+    """The AGM bridge as a forecaster (benchmarks/results/timeseries_agm.md).
+
+    Args:
+        target_dim, freq, context_length, lags, scaling, rnn, hidden, layers, dropout, cond_dim, channels,
+            residual_layers, num_samples: as for TimeSeriesVSMD.
+        **kwargs: the bridge, optimisation and sampler options of ``AGMModule`` (here ema_warmup defaults to true).
+    """
+
+    SETTINGS = AGMModule.SETTINGS.extend(**TS_SETTINGS)
+
+    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
+                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
+                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
+                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
+        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
+        check_forecaster(target_dim, num_samples, context_length, lags, scaling)
+        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
+        super().__init__(**kwargs)
+        self.init_task_state()

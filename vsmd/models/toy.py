@@ -1,4 +1,6 @@
-"""VSMD on 2-D toy data: MLP score network, PMF-RMSE and straightness, sample and trajectory figures."""
+"""The toy task (low-dimensional vectors, the paper's spiral-8Y and checkerboard-6X) for both generative families:
+MLP network, PMF-RMSE, W1 and straightness, sample and path figures. ToyVSMD and ToyAGM are the task mixed with a
+family."""
 
 from __future__ import annotations
 
@@ -13,55 +15,40 @@ from torch import Tensor, nn
 from vsmd.diffusion.grids import check_t_stop
 from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
 from vsmd.metrics.health import unusable_advice_for
-from vsmd.models.base import VSMDModule
+from vsmd.models.agm import AGMModule
+from vsmd.models.score import VSMDModule
 from vsmd.models.nets import MLPScoreNet
 from vsmd.plotting import samples_figure, trajectories_figure
 
 
-class ToyVSMD(VSMDModule):
-    """VSMD for low-dimensional vectors (the paper's spiral-8Y and checkerboard-6X).
+def check_toy(data_dim: int, hidden: int, depth: int) -> None:
+    if data_dim < 1 or hidden < 1 or depth < 1:
+        raise ValueError(f"data_dim, hidden and depth must be >= 1, got {data_dim}, {hidden}, {depth}")
 
-    Args:
-        data_dim: dimension of the data (2 for the toys); must match the datamodule.
-        hidden: width of the MLP.
-        depth: residual blocks of the MLP.
-        n_straight: probability-flow paths used for the straightness metric.
-        straight_steps: Heun grid points of those paths.
-        ei_order, ei_grid: the "ei" sampler's order and grid; None gives the toys' recommended setting, order 2 on
-            the uniform grid (benchmarks/results/toy_ei.md: the only setting within the goals on both toys; the
-            module-wide order 3 on the quadratic grid is twice as far from Heun-99 in W1 at NFE 20), and AGM's own
-            order 3 on the quadratic grid for process agm.
-        ei_t_stop: where the "ei" sampler stops and returns the data estimate when ``t_stop`` is not set (0.02, the
-            "+ x0" rows of toy_ei.md); None runs it to t_eps. Other samplers and process agm ignore it.
-        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
-    """
+
+class ToyTask:
+    """The toy task, mixed into a generative family (ToyVSMD, ToyAGM): its options (data_dim, hidden, depth,
+    n_straight, straight_steps) are read from ``self.hparams``."""
 
     supports_rotation = True
-    SETTINGS = VSMDModule.SETTINGS.extend(weights=("data_dim", "hidden", "depth"),
-                                          evaluation=("n_straight", "straight_steps", "ei_t_stop"))
+    TASK_SETTINGS = dict(weights=("data_dim", "hidden", "depth"), evaluation=("n_straight", "straight_steps"))
 
-    def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
-                 straight_steps: int = 100, ei_order: int | None = None, ei_grid: str | None = None,
-                 ei_t_stop: float | None = 0.02, **kwargs: Any) -> None:
-        if data_dim < 1 or hidden < 1 or depth < 1:
-            raise ValueError(f"data_dim, hidden and depth must be >= 1, got {data_dim}, {hidden}, {depth}")
-        check_t_stop(ei_t_stop, kwargs.get("t_eps", 1e-3), 1.0, option="ei_t_stop", unset=" or null (run ei to t_eps)")
-        self._data_dim, self._hidden, self._depth = data_dim, hidden, depth
-        agm = kwargs.get("process") == "agm"
-        ei_order = ei_order if ei_order is not None else (3 if agm else 2)
-        ei_grid = ei_grid if ei_grid is not None else ("quadratic" if agm else "uniform")
-        super().__init__(ei_order=ei_order, ei_grid=ei_grid, **kwargs)
-        self.hparams.update(ei_order=ei_order, ei_grid=ei_grid)  # LightningCLI saves the config's None otherwise
+    def init_task_state(self) -> None:
         self._test: dict[str, Any] = {}
         self._test_figure: tuple[Tensor, Tensor] | None = None
         self._predicted: list[Tensor] = []
         self._predict_cost: list[tuple[int, float]] = []  # (NFE, sampling seconds) per predict batch
 
+    @property
+    def _data_dim(self) -> int:
+        return self.hparams.data_dim
+
     def data_shape(self) -> tuple[int, ...]:
-        return (self._data_dim,)
+        return (self.hparams.data_dim,)
 
     def build_net(self) -> nn.Module:
-        return MLPScoreNet(self._data_dim, self.process.n_state, self._hidden, self._depth, out_state=self.out_state)
+        h = self.hparams
+        return MLPScoreNet(h.data_dim, self.process.n_state, h.hidden, h.depth, out_state=self.out_state)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -69,19 +56,6 @@ class ToyVSMD(VSMDModule):
         if dim is not None and dim != self._data_dim:
             raise ValueError(f"the data have dimension {dim} but the model was built for data_dim={self._data_dim}; "
                              f"set model.data_dim: {dim}")
-
-    def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None) -> dict[str, Any]:
-        """The module's options, with the data estimate at ``ei_t_stop`` for "ei" where no t_stop is set."""
-        opts = super().sampler_options(net, cond, sampler)
-        stop = self.hparams.get("ei_t_stop")
-        if (sampler or self.hparams.sampler) == "ei" and not self.bridge and opts["t_stop"] is None and stop:
-            opts["t_stop"] = stop
-        return opts
-
-    @property
-    def path_sampler(self) -> str:
-        """The sampler of the straightness paths and path figures: the PF-ODE's Heun, AGM's own integrator."""
-        return "ei" if self.bridge else "heun"
 
     def _x_paths(self, trajectory: Tensor) -> Tensor:
         """The x part (N, B, d) of a sampler trajectory of states (N, B, n_state * d)."""
@@ -96,7 +70,7 @@ class ToyVSMD(VSMDModule):
         real = dm.fixed_set("val")
         fake = self.generate(len(real)).state
         x_fake = self.process.split(fake)[0].cpu()
-        tb.add_figure("samples", samples_figure(real, x_fake, title=self.hparams.process), self.global_step)
+        tb.add_figure("samples", samples_figure(real, x_fake, title=self.process.name), self.global_step)
         paths = self.generate(16, sampler=self.path_sampler, steps=self.hparams.straight_steps, return_trajectory=True)
         tb.add_figure("pf_ode_paths", trajectories_figure(self._x_paths(paths.trajectory).cpu(), paths.times.cpu()),
                       self.global_step)
@@ -128,13 +102,13 @@ class ToyVSMD(VSMDModule):
                       "straightness": {"metric": "rectified-flow straightness int E[(dx/(T-t_eps) - xdot)^2] ds "
                                        "per dimension, finite differences", "sampler": self.path_sampler,
                                        "steps": h.straight_steps, "paths": h.n_straight},
-                      "process": h.process, "beta": h.beta, "damping": h.damping,
+                      "process": self.process.name, "beta": h.get("beta"), "damping": h.get("damping"),
                       "trained_steps": max(self.trained_steps, self.global_step), "samples_problem": problem}
         self._test |= self.variational_summary()
         self._test_figure = (real.cpu(), fake.cpu()) if self._data_dim == 2 and problem is None else None
         tb = self.tensorboard()
         if tb is not None and self._test_figure is not None:
-            tb.add_figure("test/samples", samples_figure(*self._test_figure, title=h.process), self.global_step)
+            tb.add_figure("test/samples", samples_figure(*self._test_figure, title=self.process.name), self.global_step)
 
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
@@ -168,7 +142,7 @@ class ToyVSMD(VSMDModule):
         nfe, seconds = self._predict_cost[0][0], sum(c[1] for c in self._predict_cost)
         self._predicted, self._predict_cost = [], []
         out = self.run_dir()
-        np.savez(out / "samples.npz", samples=x, process=self.hparams.process, sampler=self.hparams.sampler,
+        np.savez(out / "samples.npz", samples=x, process=self.process.name, sampler=self.hparams.sampler,
                  sample_steps=self.hparams.sample_steps, nfe=nfe, sampling_seconds=seconds)
         dm = getattr(self.trainer, "datamodule", None)
         real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
@@ -184,6 +158,68 @@ class ToyVSMD(VSMDModule):
     def _save_samples_png(self, real: Tensor | None, fake: Tensor, path) -> None:
         """Generated samples beside real ones on the same axes (the real data's range), as a PNG."""
         h = self.hparams
-        fig = samples_figure(real, fake, title=f"{h.process}-{h.beta:g}, {h.sampler} {h.sample_steps}")
+        fig = samples_figure(real, fake, title=f"{self.process.name}{_beta(h)}, {h.sampler} {h.sample_steps}")
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+
+def _beta(h) -> str:
+    return f"-{h.beta:g}" if h.get("beta") is not None else ""
+
+
+class ToyVSMD(ToyTask, VSMDModule):
+    """VSMD and its relatives on low-dimensional vectors (the paper's spiral-8Y and checkerboard-6X).
+
+    Args:
+        data_dim: dimension of the data (2 for the toys); must match the datamodule.
+        hidden: width of the MLP.
+        depth: residual blocks of the MLP.
+        n_straight: probability-flow paths used for the straightness metric.
+        straight_steps: Heun grid points of those paths.
+        ei_order, ei_grid: the "ei" sampler's order and grid; None gives the toys' recommended setting, order 2 on
+            the uniform grid (benchmarks/results/toy_ei.md: the only setting within the goals on both toys; the
+            module-wide order 3 on the quadratic grid is twice as far from Heun-99 in W1 at NFE 20).
+        ei_t_stop: where the "ei" sampler stops and returns the data estimate when ``t_stop`` is not set (0.02, the
+            "+ x0" rows of toy_ei.md); None runs it to t_eps. Other samplers ignore it.
+        **kwargs: the process, optimisation, SA and sampler options of ``VSMDModule``.
+    """
+
+    SETTINGS = VSMDModule.SETTINGS.extend(weights=ToyTask.TASK_SETTINGS["weights"],
+                                          evaluation=(*ToyTask.TASK_SETTINGS["evaluation"], "ei_t_stop"))
+
+    def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
+                 straight_steps: int = 100, ei_order: int | None = None, ei_grid: str | None = None,
+                 ei_t_stop: float | None = 0.02, **kwargs: Any) -> None:
+        check_toy(data_dim, hidden, depth)
+        check_t_stop(ei_t_stop, kwargs.get("t_eps", 1e-3), 1.0, option="ei_t_stop", unset=" or null (run ei to t_eps)")
+        ei_order = ei_order if ei_order is not None else 2
+        ei_grid = ei_grid if ei_grid is not None else "uniform"
+        super().__init__(ei_order=ei_order, ei_grid=ei_grid, **kwargs)
+        self.hparams.update(ei_order=ei_order, ei_grid=ei_grid)  # LightningCLI saves the config's None otherwise
+        self.init_task_state()
+
+    def sampler_options(self, net: nn.Module, cond: Tensor | None = None, sampler: str | None = None) -> dict[str, Any]:
+        """The module's options, with the data estimate at ``ei_t_stop`` for "ei" where no t_stop is set."""
+        opts = super().sampler_options(net, cond, sampler)
+        stop = self.hparams.get("ei_t_stop")
+        if (sampler or self.hparams.sampler) == "ei" and opts["t_stop"] is None and stop:
+            opts["t_stop"] = stop
+        return opts
+
+
+class ToyAGM(ToyTask, AGMModule):
+    """The AGM bridge on low-dimensional vectors (configs/spiral8y_agm.yaml).
+
+    Args:
+        data_dim, hidden, depth, n_straight, straight_steps: as for ToyVSMD (the paths of the straightness metric
+            follow AGM's integrator).
+        **kwargs: the bridge, optimisation and sampler options of ``AGMModule``.
+    """
+
+    SETTINGS = AGMModule.SETTINGS.extend(**ToyTask.TASK_SETTINGS)
+
+    def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, n_straight: int = 1000,
+                 straight_steps: int = 100, **kwargs: Any) -> None:
+        check_toy(data_dim, hidden, depth)
+        super().__init__(**kwargs)
+        self.init_task_state()
