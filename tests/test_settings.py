@@ -6,12 +6,18 @@ import inspect
 
 import pytest
 
-from vsmd.datamodules import GluonTSDataModule, ImageDataModule, Toy2DDataModule, TrajectoryDataModule
+from vsmd.datamodules import (
+    GluonTSDataModule,
+    ImageDataModule,
+    SeriesFileDataModule,
+    Toy2DDataModule,
+    TrajectoryDataModule,
+)
 from vsmd.models import ImageVSMD, PhaseSpaceModule, TimeSeriesVSMD, ToyVSMD, TrajectoryBridge, VSMDModule
 from vsmd.settings import ROLES, SettingsPolicy, policy_for
 
 MODULES = [VSMDModule, ToyVSMD, TimeSeriesVSMD, ImageVSMD, TrajectoryBridge]
-DATAMODULES = [Toy2DDataModule, GluonTSDataModule, ImageDataModule, TrajectoryDataModule]
+DATAMODULES = [Toy2DDataModule, GluonTSDataModule, SeriesFileDataModule, ImageDataModule, TrajectoryDataModule]
 
 
 def init_options(cls: type) -> set[str]:
