@@ -141,6 +141,13 @@ def _text(name: str, text: str | bytes):
     return make
 
 
+def _parquet(tmp, cell):
+    table, _ = wide_table()
+    table.loc[cell] = np.nan
+    table.to_parquet(tmp / "series.parquet")
+    return tmp / "series.parquet"
+
+
 def _long(tmp, drop=(), dup=False, value=None):
     long = long_table(wide_table()[0])
     if value is not None:
@@ -191,8 +198,13 @@ ERRORS = [
      r"the time column 'date' holds numbers \(0, ...\), not dates"),
     ("wrong separator", lambda tmp: wide_table()[0].to_csv(tmp / "series.csv", sep=";", index=False) or
      tmp / "series.csv", {}, ValueError,
-     r"reads as one column 'date;a;b;c' with separator ',': its fields are separated by ';'; set "
-     r"data.init_args.sep: ';'"),
+     r"reads as one column 'date;a;b;c' with separator \",\": its fields are separated by \";\"; set "
+     r"data.init_args.sep: \";\""),
+    ("tab-separated", lambda tmp: wide_table()[0].to_csv(tmp / "series.csv", sep="\t", index=False) or
+     tmp / "series.csv", {}, ValueError, r"separated by \"\\t\"; set data.init_args.sep: \"\\t\""),
+    ("an unnamed column", lambda tmp: wide_table()[0].to_csv(tmp / "series.csv") or tmp / "series.csv", {},
+     ValueError, r"column 1 has no name in the header \(pandas calls it 'Unnamed: 0'; often the index that "
+     r"DataFrame.to_csv writes without index=False\): name it, or drop it, or list the series"),
     ("ragged lines", _text("series.csv", "date,a\n2024-01-01,1\n2024-01-02,1,2\n"), {}, ValueError,
      r"is not a table with separator ','.*check data.init_args.sep"),
     ("bad encoding", _text("series.csv", "date,caf\xe9\n2024-01-01,1\n".encode("latin-1")), {}, ValueError,
@@ -225,6 +237,8 @@ ERRORS = [
      r"missing values: fill them"),
     ("an infinite value", lambda tmp: _table(tmp, cells={(58, "c"): "inf"}), {}, ValueError,
      r"series 'c' has 1 missing or infinite values, the first at line 60 \(time 2024-02-28\)"),
+    ("a missing value in parquet", lambda tmp: _parquet(tmp, (10, "a")), {}, ValueError,
+     r"series 'a' has 1 missing or infinite values, the first at row 11 \(time 2024-01-11\)"),
     ("a missing long row", lambda tmp: _long(tmp, drop=[65]), LONG, ValueError,
      r"series 'b' has 1 missing or infinite values, the first at time 2024-01-06 \(no row\)"),
     ("a missing long value", lambda tmp: _long(tmp, value=""), LONG, ValueError,

@@ -19,6 +19,7 @@ what to change.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -115,8 +116,9 @@ class SeriesFile:
             header = str(table.columns[0])
             other = [s for s in SEPARATORS if s != self.sep and s in header]
             if other:
-                raise ValueError(f"{self.path} reads as one column {header!r} with separator {self.sep!r}: its fields "
-                                 f"are separated by {other[0]!r}; set data.init_args.sep: {other[0]!r}")
+                raise ValueError(f"{self.path} reads as one column {header!r} with separator {json.dumps(self.sep)}: "
+                                 f"its fields are separated by {json.dumps(other[0])}; set data.init_args.sep: "
+                                 f"{json.dumps(other[0])}")
         return table
 
     # ------------------------------------------------------------------------------------------------
@@ -236,6 +238,12 @@ def read_series(file: SeriesFile, freq: str, time_column: str = "time", id_colum
         if not names:
             raise ValueError(f"{file.path} has only the time column {time_column!r}; add one column per series, or "
                              "for the long form set data.init_args.id_column and value_column")
+        unnamed = [c for c in names if c.startswith("Unnamed: ")] if columns is None else []
+        if unnamed:
+            position = list(table.columns).index(unnamed[0]) + 1
+            raise ValueError(f"{file.path}: column {position} has no name in the header (pandas calls it "
+                             f"{unnamed[0]!r}; often the index that DataFrame.to_csv writes without index=False): "
+                             "name it, or drop it, or list the series in data.init_args.columns")
         cols = [file.column(table, c, "series", "columns") for c in names]
         fix = (f"leave it out: list the series columns in data.init_args.columns (now {_names(names)})" if columns
                is None else "leave it out of data.init_args.columns")
