@@ -22,16 +22,19 @@ import contextlib
 import os
 import tarfile
 import tempfile
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, IterableDataset
 
-from vsmd.datamodules.toy import StreamLoader
+from vsmd.datamodules.series_windows import (  # noqa: F401 (GroupedSeries, check_finite, window_batch: their old home)
+    ForecastDataModule,
+    GroupedSeries,
+    _quiet,
+    check_finite,
+    group,
+    split_entries,
+    window_batch,
+)
 from vsmd.settings import SettingsPolicy
 
 DATASETS = {  # name: (freq, number of series, prediction length, rolling test windows)
@@ -46,15 +49,6 @@ DEFAULT_LAGS = {"B": [1, 2], "D": [1, 7, 14], "h": [1, 24, 168], "H": [1, 24, 16
 
 def default_lags(freq: str) -> list[int]:
     return list(DEFAULT_LAGS.get(freq, [1]))
-
-
-@contextlib.contextmanager
-def _quiet():
-    """pandas warns on every business-day Period operation (harmless on pandas 2.x)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*Period with BDay freq.*")
-        yield
 
 
 def _check_name(name: str) -> None:
@@ -112,17 +106,11 @@ def write_materialised(values: np.ndarray, target: Path, start: str, freq: str, 
     n_train = length - windows * prediction_length
     if n_train < 1:
         raise ValueError(f"{length} steps leave no training data for {windows} windows of {prediction_length}")
-    period = pd.Period(start, freq=freq)
-
-    def entries(lengths):
-        return [{"start": period, "target": values[i, :n], "feat_static_cat": [i], "item_id": i}
-                for n in lengths for i in range(n_series)]
-
+    train, test = split_entries(values, pd.Period(start, freq=freq), prediction_length, windows)
     meta = MetaData(**metadata(cardinality=n_series, freq=freq, prediction_length=prediction_length))
     with _quiet():
-        TrainDatasets(metadata=meta, train=entries([n_train]),
-                      test=entries([n_train + prediction_length * k for k in range(1, windows + 1)])).save(
-            path_str=str(target), writer=JsonLinesWriter(), overwrite=True)
+        TrainDatasets(metadata=meta, train=train, test=test).save(path_str=str(target), writer=JsonLinesWriter(),
+                                                                  overwrite=True)
     return target
 
 
@@ -205,111 +193,19 @@ def load_series(name: str, data_dir: str | Path, download: bool = True) -> "Grou
         with _quiet():
             datasets = get_dataset(name, path=root)
         check_finite(datasets, root / name)
-        return group(datasets, name)
+        return group(datasets, name, DATASETS[name][2])
     with tempfile.TemporaryDirectory() as tmp:  # archive in a read-only folder: convert, read, forget
         convert_gp_copula_archive(root / f"{name}.tar.gz", name, Path(tmp) / name)
         with _quiet():
             datasets = get_dataset(name, path=Path(tmp))
         check_finite(datasets, root / f"{name}.tar.gz")
-        return group(datasets, name)
+        return group(datasets, name, DATASETS[name][2])
 
 
-def check_finite(datasets, source: Path) -> None:
-    """Refuse series with missing (NaN) or infinite values, naming the file, the series and the time index.
 
-    vsmd does not model missing values (GluonTS marks them with an observed-values mask; a diffusion model would
-    need that mask in its loss and its lags), so they are refused rather than turned into NaN losses or NaN
-    forecasts.
-    """
-    for split in ("train", "test"):
-        for k, entry in enumerate(getattr(datasets, split)):
-            target = np.asarray(entry["target"], dtype=np.float64)
-            bad = ~np.isfinite(target)
-            if bad.any():
-                first = int(np.flatnonzero(bad.reshape(-1))[0]) % target.shape[-1]
-                raise ValueError(f"{source} ({split} split): series {entry.get('item_id', k)} (entry {k}) has "
-                                 f"{int(bad.sum())} missing or infinite values, the first at time index {first}. vsmd "
-                                 "does not model missing values: fill them (e.g. forward fill) or drop the series, "
-                                 "and write the dataset again.")
-
-
-@dataclass
-class GroupedSeries:
-    """One multivariate series: the train split (D, T) and the rolling test windows (D, T_k)."""
-
-    freq: str
-    prediction_length: int
-    start: object                # pandas Period of the first time step
-    train: np.ndarray            # (D, T_train) float32
-    test: list[np.ndarray]       # W arrays (D, T_k), increasing T_k
-    time_features: np.ndarray    # (T_max, F) float32 over the longest series
-
-    @property
-    def target_dim(self) -> int:
-        return self.train.shape[0]
-
-
-def group(datasets, name: str) -> GroupedSeries:
-    """Group a GluonTS ``TrainDatasets`` with ``MultivariateGrouper`` and compute its time features."""
-    import pandas as pd
-    from gluonts.dataset.multivariate_grouper import MultivariateGrouper
-    from gluonts.time_feature import time_features_from_frequency_str
-
-    meta = datasets.metadata
-    freq = {"H": "h"}.get(meta.freq, meta.freq)  # old materialised folders spell hourly "H"
-    pred_len = meta.prediction_length or DATASETS[name][2]
-    with _quiet():
-        n_train = len(datasets.train)
-        train = list(MultivariateGrouper(max_target_dim=n_train)(datasets.train))
-        n_test = len(datasets.test)
-        if n_test % n_train:
-            raise ValueError(f"{name}: {n_test} test entries are not a whole number of windows of {n_train} series")
-        test = list(MultivariateGrouper(num_test_dates=n_test // n_train, max_target_dim=n_train)(datasets.test))
-        start = train[0]["start"]
-        t_max = max(e["target"].shape[1] for e in test + train)
-        index = pd.period_range(start, periods=t_max, freq=start.freq)
-        feats = np.stack([f(index) for f in time_features_from_frequency_str(freq)], axis=1)
-    test_arrays = sorted((np.asarray(e["target"], dtype=np.float32) for e in test), key=lambda a: a.shape[1])
-    return GroupedSeries(freq, pred_len, start, np.asarray(train[0]["target"], dtype=np.float32), test_arrays,
-                         feats.astype(np.float32))
-
-
-class _WindowStream(IterableDataset):
-    """Training windows from the train split, ``n_batches`` per epoch; batch k is a function of (seed, k) only."""
-
-    def __init__(self, series: GroupedSeries, history: int, batch_size: int, n_batches: int, seed: int) -> None:
-        self.series, self.history, self.batch_size, self.seed = series, history, batch_size, seed
-        self.n_batches = n_batches
-        self.position = 0
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def __iter__(self):
-        s = self.series
-        span = self.history + s.prediction_length
-        n_ends = s.train.shape[1] - span + 1
-        for _ in range(self.n_batches):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
-            self.position += 1
-            starts = torch.randint(0, n_ends, (self.batch_size,), generator=gen).numpy()
-            yield window_batch(s, s.train, starts, self.history, s.prediction_length)
-
-
-def window_batch(series: GroupedSeries, array: np.ndarray, starts: np.ndarray, history: int,
-                 future: int) -> dict[str, torch.Tensor]:
-    """Windows [s, s + history + future) of ``array`` (D, T): target (B, L, D) and time features (B, L, F)."""
-    idx = starts[:, None] + np.arange(history + future)[None]
-    return {"target": torch.from_numpy(np.ascontiguousarray(array[:, idx].transpose(1, 2, 0))),
-            "time_feat": torch.from_numpy(series.time_features[idx])}
-
-
-class GluonTSDataModule(pl.LightningDataModule):
-    """A GluonTS multivariate dataset grouped into one series, cut into TimeGrad-style windows.
-
-    A window holds ``history = context_length + max(lags)`` past steps and ``prediction_length`` future steps.
-    The model decides context length and lags; the DataModule reads them from the model it is trained with
-    (``model.window_history(prediction_length)``), or from ``history`` when used on its own.
+class GluonTSDataModule(ForecastDataModule):
+    """A GluonTS multivariate dataset grouped into one series, cut into TimeGrad-style windows
+    (``ForecastDataModule``: a window holds context + largest lag past steps and prediction_length future steps).
 
     Args:
         dataset: exchange_rate_nips, solar_nips or electricity_nips (GluonTS names).
@@ -338,86 +234,15 @@ class GluonTSDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.series: GroupedSeries | None = None
 
-    # Facts about the data, valid after prepare_data/setup.
-    @property
-    def freq(self) -> str:
-        return DATASETS[self.hparams.dataset][0] if self.series is None else self.series.freq
+    def known(self) -> tuple[str, int, int]:
+        return DATASETS[self.hparams.dataset][:3]
 
-    @property
-    def target_dim(self) -> int:
-        return DATASETS[self.hparams.dataset][1] if self.series is None else self.series.target_dim
-
-    @property
-    def prediction_length(self) -> int:
-        return DATASETS[self.hparams.dataset][2] if self.series is None else self.series.prediction_length
-
-    @property
-    def history(self) -> int:
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        if model is not None and hasattr(model, "window_history"):
-            return int(model.window_history(self.prediction_length))
-        return self.hparams.history or 2 * self.prediction_length + 1
+    def too_short(self, steps: int, need: int) -> str:
+        return (f"{self.hparams.dataset}: the train split has {steps} steps but a window needs {need} (context + "
+                "max lag + prediction length); shorten the context or the lags")
 
     def prepare_data(self) -> None:
         materialise(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.series is None:
-            self.series = load_series(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
-        need = self.history + self.prediction_length
-        if self.series.train.shape[1] < need:
-            raise ValueError(f"{self.hparams.dataset}: the train split has {self.series.train.shape[1]} steps but "
-                             f"a window needs {need} (context + max lag + prediction length); shorten the context "
-                             "or the lags")
-
-    def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        seed = self.hparams.seed + 7919 * rank  # distinct streams under DDP
-        stream = _WindowStream(self.series, self.history, self.hparams.batch_size,
-                               self.hparams.num_batches_per_epoch, seed)
-        return StreamLoader(stream, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        s, h = self.series, self.history
-        gen = torch.Generator().manual_seed(self.hparams.seed + 12345)
-        starts = torch.randint(0, s.train.shape[1] - h - s.prediction_length + 1, (self.hparams.n_val,),
-                               generator=gen).numpy()
-        batch = window_batch(s, s.train, np.sort(starts), h, s.prediction_length)
-        return DataLoader(_Batches(batch, self.hparams.batch_size), batch_size=None)
-
-    def test_windows(self) -> dict:
-        """The rolling test windows: target (W, history, D), future (W, H, D), time_feat (W, history + H, F) and
-        forecast_start (W period strings)."""
-        s, h, p = self.series, self.history, self.prediction_length
-        batches = []
-        for k, arr in enumerate(s.test):
-            if arr.shape[1] < h + p:
-                raise ValueError(f"test window {k} has {arr.shape[1]} steps, fewer than history + horizon {h + p}")
-            batches.append(window_batch(s, arr, np.array([arr.shape[1] - h - p]), h, p))
-        out: dict = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
-        out["future"] = out["target"][:, h:]
-        out["target"] = out["target"][:, :h]
-        with _quiet():
-            out["forecast_start"] = [str(s.start + (arr.shape[1] - p)) for arr in s.test]
-        return out
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Batches(self.test_windows(), len(self.series.test)), batch_size=None)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-
-
-class _Batches(torch.utils.data.Dataset):
-    """Fixed tensors served in consecutive slices of ``size``."""
-
-    def __init__(self, tensors: dict, size: int) -> None:
-        self.tensors, self.size = tensors, size
-        self.n = len(next(iter(tensors.values())))
-
-    def __len__(self) -> int:
-        return -(-self.n // self.size)
-
-    def __getitem__(self, i: int) -> dict:
-        return {k: v[i * self.size:(i + 1) * self.size] for k, v in self.tensors.items()}
+    def load(self) -> GroupedSeries:
+        return load_series(self.hparams.dataset, self.hparams.data_dir, self.hparams.download)
