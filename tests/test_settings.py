@@ -6,12 +6,13 @@ import inspect
 
 import pytest
 
-from vsmd.datamodules import GluonTSDataModule, ImageDataModule, Toy2DDataModule, TrajectoryDataModule
+from vsmd.datamodules import (GluonTSDataModule, ImageDataModule, Toy2DDataModule, TrajectoryDataModule,
+                              VectorDataModule)
 from vsmd.models import ImageVSMD, PhaseSpaceModule, TimeSeriesVSMD, ToyVSMD, TrajectoryBridge, VSMDModule
 from vsmd.settings import ROLES, SettingsPolicy, policy_for
 
 MODULES = [VSMDModule, ToyVSMD, TimeSeriesVSMD, ImageVSMD, TrajectoryBridge]
-DATAMODULES = [Toy2DDataModule, GluonTSDataModule, ImageDataModule, TrajectoryDataModule]
+DATAMODULES = [Toy2DDataModule, GluonTSDataModule, ImageDataModule, TrajectoryDataModule, VectorDataModule]
 
 
 def init_options(cls: type) -> set[str]:
