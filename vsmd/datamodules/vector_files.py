@@ -16,7 +16,7 @@ import numpy as np
 from vsmd.datamodules.checks import numeric_array, unusable_values
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
-OTHER_SEPARATORS = (";", "\t", "|", " ")
+OTHER_SEPARATORS = (",", ";", "\t", "|", " ")
 
 
 @dataclass
