@@ -7,14 +7,15 @@ import inspect
 import pytest
 
 from vsmd.datamodules import (GluonTSDataModule, ImageDataModule, SeriesFileDataModule, Toy2DDataModule,
-                              TrajectoryDataModule)
+                              TrajectoryDataModule, VectorDataModule)
 from vsmd.models import (AGMModule, GenerativeModule, ImageAGM, ImageVSMD, PhaseSpaceModule, TimeSeriesAGM,
                          TimeSeriesVSMD, ToyAGM, ToyVSMD, TrajectoryBridge, VSMDModule)
 from vsmd.settings import ROLES, SettingsPolicy, policy_for
 
 MODULES = [GenerativeModule, VSMDModule, ToyVSMD, TimeSeriesVSMD, ImageVSMD, AGMModule, ToyAGM, TimeSeriesAGM, ImageAGM,
            TrajectoryBridge]
-DATAMODULES = [Toy2DDataModule, GluonTSDataModule, SeriesFileDataModule, ImageDataModule, TrajectoryDataModule]
+DATAMODULES = [Toy2DDataModule, GluonTSDataModule, SeriesFileDataModule, ImageDataModule, TrajectoryDataModule,
+               VectorDataModule]
 
 
 def init_options(cls: type) -> set[str]:

@@ -37,6 +37,48 @@ def samples_figure(real: Tensor | None, fake: Tensor, title: str = "", max_point
     return fig
 
 
+def principal_axes(real: Tensor, k: int = 2) -> tuple[Tensor, Tensor]:
+    """(mean (d,), axes (d, k)): the real data's mean and first k principal axes (float64), each axis signed so that
+    its largest component is positive (the same data give the same picture)."""
+    x = real.detach().double().cpu()
+    mean = x.mean(0)
+    axes = torch.linalg.svd(x - mean, full_matrices=False).Vh[:k].T
+    flip = axes.gather(0, axes.abs().argmax(0, keepdim=True)).sign()
+    return mean, axes * torch.where(flip == 0, 1.0, flip)
+
+
+def vectors_figure(real: Tensor, fake: Tensor, columns: list[int] | None = None, names: list[str] | None = None,
+                   title: str = "", max_points: int = 3000):
+    """``samples_figure`` for vectors of any dimension d: the two coordinates themselves for d = 2, the ``columns``
+    (two indices) if given, else both sets projected on the real data's first two principal axes (centred on the
+    real mean). d = 1: the two histograms. ``names`` label the coordinates."""
+    real, fake = real.detach().double().cpu(), fake.detach().double().cpu()
+    d = real.shape[1]
+    if d == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist([real[:, 0].numpy(), fake[:, 0].numpy()], bins=50, density=True, label=["data", "generated"])
+        ax.set_xlabel(names[0] if names else "x[0]")
+        ax.set_title(f"generated {title}".strip(), fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+    label = (lambda j: names[j] if names else f"x[{j}]")
+    if columns is not None or d == 2:
+        cols = list(columns) if columns is not None else [0, 1]
+        if len(cols) != 2 or not all(-d <= c < d for c in cols):
+            raise ValueError(f"columns must be two coordinate indices in 0..{d - 1}, got {columns}")
+        pr, pf, axis_names = real[:, cols], fake[:, cols], [label(c) for c in cols]
+    else:
+        mean, axes = principal_axes(real)
+        pr, pf, axis_names = (real - mean) @ axes, (fake - mean) @ axes, ["principal axis 1", "principal axis 2"]
+    fig = samples_figure(pr, pf, title=title, max_points=max_points)
+    for ax in fig.axes:
+        ax.set_xlabel(axis_names[0], fontsize=8)
+    fig.axes[0].set_ylabel(axis_names[1], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def trajectories_figure(paths: Tensor, times: Tensor):
     """Probability-flow paths: one panel per data dimension, x_j against diffusion time (T on the left)."""
     n_dim = paths.shape[-1]

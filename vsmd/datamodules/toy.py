@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
+from vsmd.datamodules.vector_base import StreamLoader, VectorDataBase
 from vsmd.settings import SettingsPolicy
+
+__all__ = ["DATASETS", "StreamLoader", "Toy2DDataModule", "checkerboard", "make_toy", "rotation_matrix", "spiral"]
 
 DATASETS = ("spiral", "checkerboard")
 
@@ -63,22 +65,12 @@ class _Stream(IterableDataset):
             yield make_toy(self.name, self.batch_size, self.stretch, gen, self.rotate)
 
 
-class StreamLoader(DataLoader):
-    """A DataLoader whose position Lightning saves in checkpoints, so a resumed run draws new batches
-    instead of replaying the first ones (it may skip the one batch that was prefetched)."""
-
-    def state_dict(self) -> dict:
-        return {"position": self.dataset.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.dataset.position = int(state["position"])
-
-
-class Toy2DDataModule(pl.LightningDataModule):
+class Toy2DDataModule(VectorDataBase):
     """Spiral or checkerboard with a per-axis stretch (spiral-8Y: stretch [1, 8]; checkerboard-6X: [6, 1]).
 
     Training batches are drawn fresh from a seeded stream (use ``trainer.max_steps``); validation, test
-    and predict sets are fixed draws from other seeds.
+    and predict sets are fixed draws from other seeds. The loaders and the interface a vector model reads are
+    ``VectorDataBase``'s (vsmd.datamodules.vector_base); the toys are used in their own units (no standardisation).
 
     Args:
         dataset: "spiral" or "checkerboard".
@@ -125,14 +117,3 @@ class Toy2DDataModule(pl.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0  # distinct streams under DDP
         return StreamLoader(_Stream(self.dataset, self.stretch, self.batch_size, self.seed + 7919 * rank,
                                     self.rotate), batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.fixed_set("val"), batch_size=self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        # One batch: the whole real test set, so the metrics compare full sets.
-        return DataLoader(self.fixed_set("test"), batch_size=self.n_test)
-
-    def predict_dataloader(self) -> DataLoader:
-        # One batch whose size is the number of samples to generate.
-        return DataLoader(TensorDataset(torch.arange(self.n_predict)), batch_size=self.n_predict)

@@ -1,11 +1,7 @@
 """Distances between point clouds and the smoothness of paths, for trajectory inference (arrays in, floats out).
 
-- ``w1``: exact Wasserstein-1 with the Euclidean cost, by POT's network simplex (any two sizes).
-- ``mmd``: the maximum mean discrepancy (the square root of the biased V-statistic) with a sum of Gaussian kernels
-  whose bandwidths are multiples of the median pairwise distance of the reference set ``b`` (so the number does not
-  depend on the data's scale, and every model is scored with the same kernels).
-- ``sliced_w1``: the mean over random unit directions of the 1-D Wasserstein-1 of the projections (quantiles on a
-  common grid, so the sizes may differ).
+- ``w1``, ``mmd``, ``sliced_w1``: exact W1, MMD and sliced W1 between point sets (vsmd.metrics.distances, shared
+  with the vector metrics).
 - ``mean_squared_acceleration``: E |x''(t)|^2 along sampled paths, by second differences, averaged over time.
 - ``ot_interpolation``: the displacement (McCann) interpolation of two snapshots under their exact OT plan, a
   trivial prediction of a snapshot between them that any trajectory model should beat.
@@ -24,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vsmd.metrics.distances import mmd, sliced_w1, w1
+from vsmd.metrics.distances import point_set as _np
 from vsmd.metrics.health import DivergedSamplesError, sample_problem, write_json
 from vsmd.plotting import plt, snapshot_trajectories_figure
 
 DIVERGED_ADVICE = ("The learned dynamics diverged: a barely trained model, too few sample_steps or a reference noise "
                    "far larger than the data; train longer or with a lower lr, or raise sample_steps.")
-MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the reference set's median pairwise distance
 METRIC_NOTES = {"w1": "exact W1, Euclidean cost (POT)",
                 "mmd": "sqrt of the biased MMD^2, Gaussian kernels at 0.25..4 x the real set's median distance",
                 "sliced_w1": "500 random directions, 1-D W1 of the projections",
@@ -37,50 +34,6 @@ METRIC_NOTES = {"w1": "exact W1, Euclidean cost (POT)",
                 "baseline_ot_interp": "the OT (McCann) interpolation of the observed snapshots on either side of "
                                       "the held-out one",
                 "mean_squared_acceleration": "E|x''|^2 along the simulated paths"}
-
-
-def _np(a) -> np.ndarray:
-    a = a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, dtype=np.float64)
-    if a.ndim != 2 or len(a) == 0:
-        raise ValueError(f"expected a non-empty (n, d) point set, got shape {a.shape}")
-    return a
-
-
-def w1(a, b) -> float:
-    """Exact W1 (Euclidean ground cost, uniform weights) between (n, d) and (m, d) point sets."""
-    import ot
-
-    a, b = _np(a), _np(b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"the point sets have dimensions {a.shape[1]} and {b.shape[1]}")
-    cost = ot.dist(a, b, metric="euclidean")
-    return float(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10_000_000))
-
-
-def mmd(a, b, bandwidths=MMD_BANDWIDTHS) -> float:
-    """sqrt(MMD^2_b) with k(x, y) = mean_s exp(-|x - y|^2 / (2 (s m)^2)), m the median distance within ``b``."""
-    a, b = _np(a), _np(b)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    dbb = torch.cdist(tb, tb)
-    med = float(dbb[torch.triu(torch.ones_like(dbb, dtype=torch.bool), 1)].median()) if len(b) > 1 else 1.0
-    med = med if med > 0 else 1.0
-
-    def k(d: Tensor) -> Tensor:
-        return sum(torch.exp(-d.pow(2) / (2 * (s * med) ** 2)) for s in bandwidths) / len(bandwidths)
-
-    val = k(torch.cdist(ta, ta)).mean() + k(dbb).mean() - 2 * k(torch.cdist(ta, tb)).mean()
-    return float(val.clamp_min(0).sqrt())
-
-
-def sliced_w1(a, b, projections: int = 500, seed: int = 0, quantiles: int = 1000) -> float:
-    """Sliced W1 over ``projections`` random directions (seeded), on ``quantiles`` quantile levels."""
-    a, b = _np(a), _np(b)
-    rng = np.random.default_rng(seed)
-    u = rng.standard_normal((a.shape[1], projections))
-    u /= np.linalg.norm(u, axis=0, keepdims=True)
-    q = (np.arange(quantiles) + 0.5) / quantiles
-    pa, pb = np.quantile(a @ u, q, axis=0), np.quantile(b @ u, q, axis=0)
-    return float(np.abs(pa - pb).mean())
 
 
 def ot_interpolation(a, b, s: float, n: int | None = None, seed: int = 0) -> np.ndarray:
