@@ -92,3 +92,9 @@ def test_the_nav_names_every_page_and_the_readme_stays_short() -> None:
     for page in (ROOT / "docs").rglob("*.md"):
         assert page.relative_to(ROOT / "docs").as_posix() in nav, page
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_readme_links_point_at_committed_files() -> None:
+    """The README is not part of the site, so its links are checked here: each names a file of the repository."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    assert links and all((ROOT / link).is_file() for link in links), [x for x in links if not (ROOT / x).is_file()]
