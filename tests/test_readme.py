@@ -1,9 +1,12 @@
-"""Every ```bash block of README.md runs as written (issue 23), in a copy of the repository's configs.
+"""Every ```bash block of README.md and of the docs pages (docs/**/*.md) runs as written (issues 23 and 25), in a
+copy of the repository's configs.
 
-The README says how the suite shortens them (its "Quick start" section): each ``vsmd fit`` gets
+The README and every page with ``vsmd fit`` in a block say how the suite shortens them: each ``vsmd fit`` gets
 ``--trainer.max_steps 20`` appended, and the setup lines ``pip install ...`` and ``python -m pytest ...`` are skipped
 (the suite runs inside them). Blocks that read ``../shared`` are skipped when it is missing; the docker block (a CUDA
-image, GPUs) is not run: its volumes and the vsmd command it runs in the image are checked.
+image, GPUs) is not run: its volumes and the vsmd command it runs in the image are checked. A block that calls
+``mkdocs`` runs in a copy of the files the site is built from (skipped without mkdocs). A block whose text appears
+on an earlier page (the quick start is on three) runs once.
 """
 
 from __future__ import annotations
@@ -29,22 +32,44 @@ vsmd() {{ if [ "$1" = fit ]; then "$VSMD_PY" -m vsmd.cli "$@" --trainer.max_step
 else "$VSMD_PY" -m vsmd.cli "$@"; fi; local rc=$?; [ $rc -eq 0 ] || exit $rc; }}
 pip() {{ echo "readme test: skipped: pip $*"; }}
 python() {{ if [ "$1 $2" = "-m pytest" ]; then echo "readme test: skipped: python $*"; else "$VSMD_PY" "$@"; fi; }}
+mkdocs() {{ NO_MKDOCS_2_WARNING=1 "$VSMD_PY" -m mkdocs "$@"; }}
 """
+SITE_FILES = ("mkdocs.yml", "docs", "benchmarks/results", "vsmd")  # what `mkdocs build` reads
+
+
+def pages() -> list[Path]:
+    """README.md, then every page of the docs, in a fixed order."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def page_blocks(page: Path) -> list[tuple[str, str]]:
+    """(id, text) of every ```bash block of a page; the id is the heading above it and the block's number there,
+    after the page's path for the docs pages."""
+    blocks, heading, n, lines = [], "top", 0, page.read_text().splitlines()
+    prefix = "" if page.name == "README.md" else f"{page.relative_to(ROOT).as_posix()}:"
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith(("# ", "## ")):
+            title = lines[i].split(" ", 1)[1]
+            heading, n = re.sub(r"[^a-z0-9]+", "-", title.split("(")[0].lower()).strip("-"), 0
+        if lines[i].startswith("```"):  # a fenced block: its lines are no headings
+            j = lines.index("```", i + 1)
+            if lines[i].strip() == "```bash":
+                n += 1
+                blocks.append((f"{prefix}{heading}-{n}", "\n".join(lines[i + 1:j])))
+            i = j
+        i += 1
+    return blocks
 
 
 def readme_blocks() -> list[tuple[str, str]]:
-    """(id, text) of every ```bash block; the id is the section heading above it and the block's number there."""
-    blocks, heading, n, lines = [], "top", 0, (ROOT / "README.md").read_text().splitlines()
-    i = 0
-    while i < len(lines):
-        if lines[i].startswith("## "):
-            heading, n = re.sub(r"[^a-z0-9]+", "-", lines[i][3:].split("(")[0].lower()).strip("-"), 0
-        if lines[i].strip() == "```bash":
-            j = lines.index("```", i + 1)
-            n += 1
-            blocks.append((f"{heading}-{n}", "\n".join(lines[i + 1:j])))
-            i = j
-        i += 1
+    """The blocks of every page, each text once (the first page that has it names it)."""
+    seen, blocks = set(), []
+    for page in pages():
+        for name, text in page_blocks(page):
+            if text not in seen:
+                seen.add(text)
+                blocks.append((name, text))
     return blocks
 
 
@@ -58,6 +83,17 @@ def test_the_readme_has_its_blocks() -> None:
     for config in ("spiral8y", "exchange", "cifar10_tiny", "petal", "eb"):
         assert f"configs/{config}.yaml" in texts
     assert f"--trainer.max_steps {STEPS}" in (ROOT / "README.md").read_text()  # the README says how it is shortened
+    for page in pages():  # and so does every page with a fit in a block
+        if any(re.search(r"^\s*vsmd fit", text, re.M) for _, text in page_blocks(page)):
+            assert f"--trainer.max_steps {STEPS}" in page.read_text(), f"{page} does not say how its fits are shortened"
+
+
+def test_the_blocks_are_collected_from_every_page_once() -> None:
+    names = [name for name, _ in readme_blocks()]
+    assert len(names) == len(set(names))
+    assert "quick-start-1" in names  # the README's; the same block on the docs' quick start and toys pages runs once
+    assert not any(name.startswith(("docs/quickstart.md:", "docs/tasks/toys.md:")) for name in names)
+    assert {"docs/tasks/forecasting.md:forecasting-1", "docs/install.md:these-pages-1"} <= set(names)
 
 
 def test_a_failing_command_fails_the_block(tmp_path: Path) -> None:
@@ -81,12 +117,22 @@ def test_readme_block(name: str, text: str, tmp_path: Path) -> None:
         return
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "configs", repo / "configs")
+    if re.search(r"^\s*mkdocs ", text, re.M):  # the docs' own block: the files the site is built from
+        for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
+            pytest.importorskip(module, reason="the block builds the docs: pip install -e '.[docs]'")
+        for name in SITE_FILES:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(ROOT / name, repo / name)
     if SHARED.is_dir():
         (tmp_path / "shared").symlink_to(SHARED)
     out = run_block(text, repo)
     assert out.returncode == 0, f"{name} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     if "cifar10_tiny" in text:  # the image quick start ends with a finite image grid
         assert (repo / "runs" / "cifar10_tiny" / "version_1" / "samples_000.png").stat().st_size > 0
+    if re.search(r"^\s*mkdocs build", text, re.M):  # the site was built
+        assert (repo / "site" / "index.html").stat().st_size > 0
 
 
 def check_docker_block(text: str) -> None:

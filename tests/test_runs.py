@@ -1,5 +1,5 @@
-"""Run folders, resume and signals through the real command, with the README's and vsmd's own command lines run
-exactly as they are written or printed (issue 23)."""
+"""Run folders, resume and signals through the real command, with the documented (docs/runs.md, once the README's)
+and vsmd's own command lines run exactly as they are written or printed (issue 23)."""
 
 from __future__ import annotations
 
@@ -63,9 +63,10 @@ def interrupted_run(tmp_path: Path, monkeypatch, capsys) -> str:
 
 
 def readme_commands() -> list[str]:
-    """The vsmd command lines of the README's "Runs, checkpoints and resuming" and of its config.yaml row."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Runs, checkpoints and resuming")[1].split("\n## ")[0]
+    """The vsmd command lines of the guarantees on the docs page "Runs, checkpoints and resuming" (once the README's
+    section of that name) and of the page's config.yaml row."""
+    text = (ROOT / "docs" / "runs.md").read_text()
+    section = text.split("## What vsmd guarantees")[1].split("\n## ")[0]
     row = next(line for line in text.splitlines() if line.startswith("| `config.yaml` |"))
     spans = re.findall(r"`(vsmd [^`]+)`", re.sub(r"\n\s*", " ", section) + row)
     return list(dict.fromkeys(spans))

@@ -36,7 +36,7 @@ processes the model passes ``MomentumProcess.flow_estimate`` (vsmd.diffusion.for
 single point and the same flow as the score the other samplers use). The full E[x0 | a] from (eps_x, eps_v)
 (``data_estimate``) is also exact for a point, but drives v with a gain of order 1/t^2 near t_eps through the
 network's eps_x error, which made multistep EI diverge on trained toys (benchmarks/results/toy_ei.md history in
-the README).
+docs/samplers.md).
 The v-row estimate is x0_hat = y / kap with y = (L^{-1} a)_v - eps_v and kap = (L^{-1} M)_v. For under-damped
 processes with a fast A, kap crosses zero at some t (near T for the toys' stretched axes): a node there
 multiplies the network's error in y by 1 / kap, which made ei blow up on checkerboard-6X at 20 NFE. Guard
