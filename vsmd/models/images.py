@@ -303,9 +303,9 @@ class ImageAGM(ImageTask, AGMModule):
     """The AGM bridge on images (configs/cifar10_agm.yaml).
 
     Args:
-        image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_classes, lr_warmup,
-            lr_decay, lr_decay_every, compile, grid_size, val_sample_steps, fid_weights, fid_reference_images,
-            fid_cache: as for ImageVSMD.
+        image_size to fid_cache: the task's options, as for ImageVSMD (image_size, channels, channel_mult,
+            num_res_blocks, attn_resolutions, dropout, num_classes, lr_warmup, lr_decay, lr_decay_every, compile,
+            grid_size, val_sample_steps, fid_weights, fid_reference_images, fid_cache).
         guide_image: velocity guidance toward this image (a PNG or JPEG path, resized to
             image_size) in sampling (test, predict): in the first quarter of the steps v is redrawn from the
             bridge's p(v | x; x1 = image); the network is not changed. None: unguided.

@@ -324,8 +324,8 @@ class TimeSeriesAGM(TimeSeriesTask, AGMModule):
     """The AGM bridge as a forecaster (benchmarks/results/timeseries_agm.md).
 
     Args:
-        target_dim, freq, context_length, lags, scaling, rnn, hidden, layers, dropout, cond_dim, channels,
-            residual_layers, num_samples: as for TimeSeriesVSMD.
+        target_dim to num_samples: the task's options, as for TimeSeriesVSMD (target_dim, freq, context_length,
+            lags, scaling, rnn, hidden, layers, dropout, cond_dim, channels, residual_layers, num_samples).
         **kwargs: the bridge, optimisation and sampler options of ``AGMModule`` (here ema_warmup defaults to true).
     """
 
