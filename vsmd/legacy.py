@@ -8,6 +8,7 @@ class and options. A 0.1 config is refused with the two edits it needs (:func:`c
 
 from __future__ import annotations
 
+from vsmd.models import PhaseSpaceModule
 from vsmd.settings import policy_for
 
 
@@ -24,8 +25,6 @@ def upgrade_hparams(class_path: str | None, hparams: dict) -> tuple[str | None, 
     twin = _agm_twin(class_path, hparams)
     if twin is None:
         return class_path, hparams
-    from vsmd.models import PhaseSpaceModule  # the module classes register themselves on import
-
     names = set(policy_for(twin, PhaseSpaceModule).names())
     return twin, {k: v for k, v in hparams.items() if k in names}
 
