@@ -70,6 +70,16 @@ class ImageTask:
     """The image task, mixed into a generative family (ImageVSMD, ImageAGM); its options are read from
     ``self.hparams``."""
 
+    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
+                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
+                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
+                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
+                 fid_weights: str | None = None, fid_reference_images: int = 50000,
+                 fid_cache: str = "~/.cache/vsmd/fid", **kwargs: Any) -> None:
+        check_images(image_size, channels, num_res_blocks, num_classes, grid_size, lr_warmup, lr_decay, lr_decay_every)
+        super().__init__(**kwargs)
+        self.init_task_state()
+
     def init_task_state(self) -> None:
         self._compiled: list[nn.Module] = []   # a list, so the compiled wrapper is not a registered sub-module
         self._fid: list = []                   # likewise: the Inception network never enters state_dict or EMA
@@ -288,16 +298,6 @@ class ImageVSMD(ImageTask, VSMDModule):
 
     SETTINGS = VSMDModule.SETTINGS.extend(**IMAGE_SETTINGS)
 
-    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
-                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
-                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
-                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
-                 fid_weights: str | None = None, fid_reference_images: int = 50000,
-                 fid_cache: str = "~/.cache/vsmd/fid", **kwargs: Any) -> None:
-        check_images(image_size, channels, num_res_blocks, num_classes, grid_size, lr_warmup, lr_decay, lr_decay_every)
-        super().__init__(**kwargs)
-        self.init_task_state()
-
 
 class ImageAGM(ImageTask, AGMModule):
     """The AGM bridge on images (configs/cifar10_agm.yaml).
@@ -315,16 +315,8 @@ class ImageAGM(ImageTask, AGMModule):
     SETTINGS = AGMModule.SETTINGS.extend(**(IMAGE_SETTINGS | {
         "evaluation": (*IMAGE_SETTINGS["evaluation"], "guide_image")}))
 
-    def __init__(self, image_size: int = 32, channels: int = 128, channel_mult: list[int] = [1, 2, 2, 2],
-                 num_res_blocks: int = 2, attn_resolutions: list[int] = [16], dropout: float = 0.1,
-                 num_classes: int = 0, lr_warmup: int = 5000, lr_decay: float = 0.99, lr_decay_every: int = 10000,
-                 compile: bool = False, grid_size: int = 64, val_sample_steps: int = 25,
-                 fid_weights: str | None = None, fid_reference_images: int = 50000,
-                 fid_cache: str = "~/.cache/vsmd/fid", guide_image: str | None = None,
-                 **kwargs: Any) -> None:
-        check_images(image_size, channels, num_res_blocks, num_classes, grid_size, lr_warmup, lr_decay, lr_decay_every)
+    def __init__(self, guide_image: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.init_task_state()
 
     def guide_target(self) -> Tensor | None:
         """The guide image (3, H, W) in [-1, 1], resized to the model's image size (None: unguided)."""

@@ -59,6 +59,16 @@ class TimeSeriesTask:
 
     supports_rotation = True  # Q is D x D over the series; forecasts leave the frame in forecast()
 
+    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
+                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
+                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
+                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
+        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
+        check_forecaster(target_dim, num_samples, context_length, lags, scaling)
+        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
+        super().__init__(**kwargs)
+        self.init_task_state()
+
     def init_task_state(self) -> None:
         self.prediction_length: int | None = None  # from the data, at setup
         self._test: dict[str, Any] = {}
@@ -309,16 +319,6 @@ class TimeSeriesVSMD(TimeSeriesTask, VSMDModule):
 
     SETTINGS = VSMDModule.SETTINGS.extend(**TS_SETTINGS)
 
-    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
-                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
-                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
-                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
-        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
-        check_forecaster(target_dim, num_samples, context_length, lags, scaling)
-        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
-        super().__init__(**kwargs)
-        self.init_task_state()
-
 
 class TimeSeriesAGM(TimeSeriesTask, AGMModule):
     """The AGM bridge as a forecaster (benchmarks/results/timeseries_agm.md).
@@ -330,13 +330,3 @@ class TimeSeriesAGM(TimeSeriesTask, AGMModule):
     """
 
     SETTINGS = AGMModule.SETTINGS.extend(**TS_SETTINGS)
-
-    def __init__(self, target_dim: int = 8, freq: str = "B", context_length: int | None = None,
-                 lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
-                 layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
-                 residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
-        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
-        check_forecaster(target_dim, num_samples, context_length, lags, scaling)
-        kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
-        super().__init__(**kwargs)
-        self.init_task_state()
