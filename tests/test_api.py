@@ -205,3 +205,36 @@ def test_trajectories_from_the_first_snapshot(tmp_path: Path) -> None:
         model.forecast()
     with pytest.raises(ValueError, match="give n or x0, not both"):
         model.trajectories([1.0], n=3, x0=first[:3])
+
+
+def test_the_lightning_way_and_a_checkpoint_of_your_own_trainer(vectors, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from vsmd.checkpointing import AtomicCheckpointIO, FinalCheckpoint
+    from vsmd.models import ToyVSMD
+
+    _, csv = vectors
+    data = VectorDataModule(str(csv), batch_size=64)
+    module = ToyVSMD(data_dim=data.data_dim, hidden=16, depth=1, sample_steps=5, n_straight=20, straight_steps=10)
+    trainer = pl.Trainer(max_steps=3, plugins=[AtomicCheckpointIO()], **QUIET,
+                         callbacks=[pl.callbacks.ModelCheckpoint(save_last=True), FinalCheckpoint()],
+                         logger=pl.loggers.TensorBoardLogger(str(tmp_path), name="vectors"))
+    trainer.fit(module, datamodule=data)
+    model = Model(module, datamodule=data)
+    x = model.sample(50)
+    assert x.shape == (50, 5) and 50 < float(x[:, 4].mean()) < 150
+    path = trainer.checkpoint_callback.last_model_path
+    with pytest.raises(CheckpointError, match="it records no model class.*with model_class=<the vsmd module class>"):
+        vsmd.load(path)
+    again = vsmd.load(path, model_class=ToyVSMD, datamodule=data)
+    assert torch.equal(again.sample(50), x) and vsmd.evaluate(again) == vsmd.evaluate(model)
+
+
+def test_images_come_back_as_images() -> None:
+    from vsmd.models import ImageVSMD
+
+    module = ImageVSMD(image_size=8, channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+                       process="vscld", sample_steps=3)
+    x = Model(module).sample(2, seed=0)
+    assert x.shape == (2, 3, 8, 8) and float(x.abs().max()) <= 1.0
+    assert Model(module).sample(2, seed=0, return_state=True).shape == (2, 6, 8, 8)
