@@ -102,7 +102,8 @@ def test_data_other_than_the_checkpoints_are_refused(vectors, tmp_path: Path) ->
         vsmd.evaluate(model, datamodule=other)
     with pytest.raises(CheckpointError, match="val_fraction"):
         vsmd.load(model.checkpoint, datamodule=other)
-    moved = Model(model.module, model.checkpoint, model.data_class, model.data_settings | {"path": str(tmp_path / "x.csv")})
+    elsewhere = model.data_settings | {"path": str(tmp_path / "x.csv")}
+    moved = Model(model.module, model.checkpoint, model.data_class, elsewhere)
     with pytest.raises(FileNotFoundError, match=r"x\.csv.*\(the model was trained on it\)\. Set the data yourself: "
                                                 r"model\.datamodule = "):
         moved.datamodule
@@ -128,8 +129,8 @@ def test_load_refuses_what_vsmd_test_refuses(vectors, tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "global_step": 1, "pytorch-lightning_version": "2.4.0",
                 "hyper_parameters": {"_class_path": "mypackage.MyModel", "width": 3}}, foreign)
-    with pytest.raises(CheckpointError, match=r"foreign.ckpt is a Lightning checkpoint, but not one of vsmd \(its model "
-                                              r"class is mypackage.MyModel\)"):
+    with pytest.raises(CheckpointError, match=r"foreign.ckpt is a Lightning checkpoint, but not one of vsmd "
+                                              r"\(its model class is mypackage.MyModel\)"):
         vsmd.load(foreign)
 
 

@@ -1,5 +1,5 @@
-"""The Python API, the ``vsmd`` command's twin: :func:`load` a checkpoint, :func:`fit` from a config, :func:`evaluate`
-with the metric bundle of ``vsmd test``; the loaded :class:`~vsmd.model.Model` samples, forecasts and simulates
+"""The Python API, the ``vsmd`` command's twin: ``load`` a checkpoint, ``fit`` from a config, ``evaluate``
+with the metric bundle of ``vsmd test``; the loaded ``vsmd.model.Model`` samples, forecasts and simulates
 trajectories in the data's own coordinates.
 
 Every call goes through the code of the command: ``load`` through the checkpoint check of ``vsmd test`` (CRC,
@@ -43,7 +43,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", datamodule:
     checkpoint's options and weights as ``load_from_checkpoint`` builds it.
 
     Args:
-        path: a ``.ckpt`` written by ``vsmd fit`` or :func:`fit`.
+        path: a ``.ckpt`` written by ``vsmd fit`` or ``fit``.
         map_location: the device the model is put on.
         datamodule: the data to use; None: the DataModule the checkpoint was trained with, built from its saved
             options when first needed (``Model.datamodule``). One that differs in an option that defines the data
@@ -83,7 +83,7 @@ def evaluate(model: Model, datamodule: LightningDataModule | None = None, save_d
     """The metric bundle of ``vsmd test``: the module's ``test_step`` on the test data, run by a quiet Trainer.
 
     Args:
-        model: a :class:`Model` (from :func:`load` or :func:`fit`).
+        model: a ``Model`` (from ``load`` or ``fit``).
         datamodule: the test data; None: the model's (``model.datamodule``).
         save_dir: where the run folder ``version_N`` with ``test_metrics.json`` and the figures goes (as
             ``--trainer.logger.init_args.save_dir``); None: a temporary folder, deleted afterwards.

@@ -1,4 +1,4 @@
-"""A trained model from Python (what :func:`vsmd.load` and :func:`vsmd.fit` return): samples, forecasts and
+"""A trained model from Python (what ``vsmd.load`` and ``vsmd.fit`` return): samples, forecasts and
 trajectories in the data's own coordinates, with the data settings it was trained with."""
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ class Model:
         checkpoint: the checkpoint it was loaded from.
         data_class: the class path of the DataModule it was trained with.
         data_settings: that DataModule's options (``data.init_args`` of its config).
-        run_dir: the run folder ``runs/<name>/version_N`` of :func:`vsmd.fit` (None after :func:`vsmd.load`).
+        run_dir: the run folder ``runs/<name>/version_N`` of ``vsmd.fit`` (None after ``vsmd.load``).
     """
 
     def __init__(self, module: pl.LightningModule, checkpoint: Path | None = None, data_class: str | None = None,
                  data_settings: dict[str, Any] | None = None, datamodule: LightningDataModule | None = None) -> None:
-        """A model you trained yourself is ``vsmd.Model(module, datamodule=dm)``; :func:`vsmd.load` and
-        :func:`vsmd.fit` fill in the rest."""
+        """A model you trained yourself is ``vsmd.Model(module, datamodule=dm)``; ``vsmd.load`` and
+        ``vsmd.fit`` fill in the rest."""
         self.module, self.checkpoint = module, checkpoint
         self.data_class, self.data_settings = data_class, dict(data_settings or {})
         self.run_dir: Path | None = None
@@ -209,10 +209,10 @@ class Model:
 
         Args:
             target: (B, history, D) observed values, history = ``module.window_history(H)``; None (with
-                ``time_feat`` None): the test windows of the data (:meth:`test_windows`).
+                ``time_feat`` None): the test windows of the data (``test_windows``).
             time_feat: (B, history + H, F) time features of the history and the H steps to forecast.
             num_samples: sample paths per window; None: the model's ``num_samples``.
-            sampler, nfe, steps, seed: as for :meth:`sample` (nfe per forecast step).
+            sampler, nfe, steps, seed: as for ``sample`` (nfe per forecast step).
 
         Returns:
             (B, num_samples, H, D) forecasts.
