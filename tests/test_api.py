@@ -89,6 +89,10 @@ def test_evaluation_settings_apply_to_the_call_only(vectors) -> None:
     model, _ = vectors
     fewer = vsmd.evaluate(model, sample_steps=3, n_straight=10)
     assert fewer != vsmd.evaluate(model) and model.module.hparams.sample_steps == 5
+    assert vsmd.evaluate(model, sampler="ei", nfe=6) == vsmd.evaluate(model, sampler="ei", sample_steps=6)
+    assert model.steps_for_nfe(9) == 5 and model.steps_for_nfe(4, sampler="em") == 5
+    with pytest.raises(ValueError, match="give nfe or sample_steps, not both"):
+        vsmd.evaluate(model, nfe=9, sample_steps=5)
     with pytest.raises(ValueError, match="hidden: not an evaluation setting of ToyVSMD, whose evaluation settings are "
                                          "sampler, sample_steps, seed"):
         vsmd.evaluate(model, hidden=8)
@@ -174,6 +178,7 @@ def test_a_csv_of_3_series_is_forecast_and_scored_by_crps_sum(tmp_path: Path) ->
     np.testing.assert_allclose(windows["future"][-1].numpy(), values[:, -5:].T, rtol=1e-6)
     assert torch.equal(forecasts, model.forecast(windows["target"], windows["time_feat"]))
     assert model.forecast(num_samples=4, nfe=7).shape == (2, 4, 5, 3)  # heun: 4 grid points per step
+    assert model.steps_for_nfe(7) == 4 and model.steps_for_nfe(3, sampler="em") == 4
     metrics = vsmd.evaluate(model)
     assert crps_sum(forecasts.numpy(), windows["future"].numpy()) == pytest.approx(metrics["crps_sum"], rel=1e-9)
     main(["test", "--config", str(model.run_dir / "config.yaml"), "--ckpt_path", str(model.checkpoint),
@@ -204,6 +209,8 @@ def test_trajectories_from_the_first_snapshot(tmp_path: Path) -> None:
         == metrics
     with pytest.raises(TypeError, match="a TrajectoryBridge model does not forecast; it has model.trajectories"):
         model.forecast()
+    with pytest.raises(TypeError, match="a TrajectoryBridge model has no sampler NFE; give its simulation steps"):
+        vsmd.evaluate(model, nfe=10)
     with pytest.raises(ValueError, match="give n or x0, not both"):
         model.trajectories([1.0], n=3, x0=first[:3])
 

@@ -88,7 +88,8 @@ def evaluate(model: Model, datamodule: LightningDataModule | None = None, save_d
         save_dir: where the run folder ``version_N`` with ``test_metrics.json`` and the figures goes (as
             ``--trainer.logger.init_args.save_dir``); None: a temporary folder, deleted afterwards.
         **settings: evaluation settings of the model class for this call, e.g. ``sampler="ei", sample_steps=20``
-            or ``num_samples=50`` (those ``vsmd test`` takes from the command line; others are refused).
+            or ``num_samples=50`` (those ``vsmd test`` takes from the command line; others are refused); ``nfe``
+            in place of ``sample_steps`` picks the grid with that many network evaluations (``Model.sample``).
 
     Returns:
         The metrics of ``test_metrics.json`` (None where a metric is NaN, as in the file).
@@ -97,6 +98,12 @@ def evaluate(model: Model, datamodule: LightningDataModule | None = None, save_d
     if datamodule is not None:
         model.check_data(datamodule)
     dm = datamodule if datamodule is not None else model.datamodule
+    if "nfe" in settings:
+        if "sample_steps" in settings:
+            raise ValueError("give nfe or sample_steps, not both")
+        settings = dict(settings)
+        nfe = settings.pop("nfe")
+        settings["sample_steps"] = model.steps_for_nfe(nfe, **settings)
     cuda = module.device.type == "cuda"
     with contextlib.ExitStack() as stack:
         root = save_dir if save_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())

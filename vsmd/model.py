@@ -54,7 +54,7 @@ def evaluation_settings(module: pl.LightningModule, settings: Mapping[str, Any])
                 module.hparams[k] = v
 
 
-def steps_for_nfe(nfe: int, probe: Callable[[int], int]) -> int:
+def grid_for_nfe(nfe: int, probe: Callable[[int], int]) -> int:
     """The grid points at which a sampler makes ``nfe`` network evaluations. ``probe(n)`` is the NFE at n points
     (measured on one sample: the count is affine in n for every sampler, t_stop's extra call and AGM's hop
     included)."""
@@ -148,6 +148,26 @@ class Model:
         undo = getattr(self.datamodule, "unstandardised", None) if self.data_class or self._datamodule else None
         return undo(x) if undo is not None else x
 
+    def steps_for_nfe(self, nfe: int, **settings: Any) -> int:
+        """The grid points (``sample_steps``) at which the sampler makes exactly ``nfe`` network evaluations per sample
+        (per forecast step), with the evaluation ``settings`` given (``sampler=...``; default: the model's). The count
+        is measured on one sample at two grid sizes: it is affine in the grid points for every sampler (heun:
+        2 n - 1; em, sscs, ei: n - 1, plus 1 for the data estimate at a t_stop; AGM's integrator: n)."""
+        m = self.module
+        if not hasattr(m, "generate"):
+            raise TypeError(f"a {type(m).__name__} model has no sampler NFE; give its simulation steps (steps=)")
+        with evaluation_settings(m, settings):
+            if hasattr(m, "forecast"):
+                from vsmd.models.timeseries import n_time_features
+
+                if m.prediction_length is None:
+                    m.prediction_length = self.datamodule.prediction_length
+                history = m.window_history(m.prediction_length)
+                target = torch.ones(1, history, m.hparams.target_dim, device=m.device)
+                feat = torch.zeros(1, history + 1, n_time_features(m.hparams.freq), device=m.device)
+                return grid_for_nfe(nfe, lambda s: m.forecast(target, feat, 1, steps=s)[1])
+            return grid_for_nfe(nfe, lambda s: m.generate(1, steps=s).nfe)
+
     def sample(self, n: int, sampler: str | None = None, nfe: int | None = None, steps: int | None = None,
                seed: int = 0, return_state: bool = False) -> Tensor:
         """``n`` samples with the EMA network, in the data's own coordinates.
@@ -170,9 +190,9 @@ class Model:
         m = self._needs("sample", "sample unconditionally")
         if nfe is not None and steps is not None:
             raise ValueError("give nfe or steps, not both")
+        if nfe is not None:
+            steps = self.steps_for_nfe(nfe, **({"sampler": sampler} if sampler else {}))
         with evaluation_settings(m, {"sampler": sampler} if sampler else {}):
-            if nfe is not None:
-                steps = steps_for_nfe(nfe, lambda s: m.generate(1, steps=s, seed=seed).nfe)
             if return_state:
                 return m.generate(n, steps=steps, seed=seed).state
             if hasattr(m, "generate_images"):
@@ -228,10 +248,9 @@ class Model:
         if m.prediction_length is None:  # the training windows' horizon sets the context the scale is taken over
             m.prediction_length = self.datamodule.prediction_length
         target, time_feat = (torch.as_tensor(x, dtype=torch.float32, device=m.device) for x in (target, time_feat))
+        if nfe is not None:
+            steps = self.steps_for_nfe(nfe, **({"sampler": sampler} if sampler else {}))
         with evaluation_settings(m, {"sampler": sampler} if sampler else {}):
-            if nfe is not None:
-                one = time_feat[:1, :target.shape[1] + 1]
-                steps = steps_for_nfe(nfe, lambda s: m.forecast(target[:1], one, 1, steps=s, seed=seed)[1])
             return m.forecast(target, time_feat, num_samples, steps=steps, seed=seed)[0]
 
     # ----------------------------------------------------------------------------------------------
