@@ -36,7 +36,10 @@ def main() -> None:
     np.save(args.out, samples.numpy())
     print(f"wrote {tuple(samples.shape)} samples to {args.out}")
 
-    metrics = vsmd.evaluate(model, **({"sampler": args.sampler} if args.sampler else {}))
+    settings = {"sampler": args.sampler} if args.sampler else {}
+    if args.nfe:
+        settings["nfe"] = args.nfe
+    metrics = vsmd.evaluate(model, **settings)  # vsmd test's metrics, with this sampler and NFE
     print("metrics: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if v is not None))
 
 
