@@ -80,6 +80,21 @@ def _given(node) -> tuple[str | None, dict]:
     return d.get("class_path"), dict(d.get("init_args") or {}) | dict(d.get("dict_kwargs") or {})
 
 
+def check_same_data(ckpt_path, trained: tuple[str | None, dict], given: tuple[str | None, dict], hint: str) -> None:
+    """Refuse data other than a checkpoint's: another DataModule class, or another value of an option that defines
+    the data (its class's ``DATA_SETTINGS``). ``trained`` and ``given`` are (class_path, init args); ``hint`` says
+    what to do."""
+    (data_cls, data_hparams), (given_data_cls, given_data) = trained, given
+    if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
+        raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
+                              f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
+    data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
+    for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
+        if not _same(data_hparams[k], given_data[k]):
+            raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
+                                  f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
+
+
 class VSMDArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with short errors: the problem, not a 50-line usage block and a dump of the input."""
 
@@ -133,14 +148,7 @@ class VSMDCLI(LightningCLI):
         if cls and given_cls and cls.rsplit(".", 1)[-1] != given_cls.rsplit(".", 1)[-1]:
             raise CheckpointError(f"{ckpt_path} holds a {cls.rsplit('.', 1)[-1]} model but the config asks for "
                                   f"{given_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
-        if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
-            raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
-                                  f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
-        data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
-        for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
-            if not _same(data_hparams[k], given_data[k]):
-                raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
-                                      f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
+        check_same_data(ckpt_path, (data_cls, data_hparams), (given_data_cls, given_data), hint)
         step, max_steps = int(ckpt.get("global_step", 0)), (self.config[sub].get("trainer") or {}).get("max_steps")
         if sub == "fit" and max_steps not in (None, -1) and step >= max_steps:
             raise CheckpointError(f"{ckpt_path} is already at step {step}, and --trainer.max_steps is {max_steps} (the "
@@ -317,8 +325,9 @@ def _quiet_full_disk_in_threads() -> None:
     threading.excepthook = hook
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``vsmd`` console command (``args`` lets tests call it in-process)."""
+def main(args: list[str] | None = None, raise_errors: bool = False) -> None:
+    """Entry point of the ``vsmd`` console command (``args`` lets tests call it in-process; ``raise_errors``: an error
+    is raised as it is, after the cleanup, instead of printed as one line with exit status 1, as for vsmd.fit)."""
     _quiet_lightning()
     _quiet_full_disk_in_threads()
     reset()
@@ -334,7 +343,7 @@ def main(args: list[str] | None = None) -> None:
         if stopped:  # SIGTERM (e.g. a batch scheduler) or Ctrl-C: never an exit status of success
             print(stopped[0], file=sys.stderr)
             raise SystemExit(stopped[1]) from None
-        if os.environ.get("VSMD_DEBUG") or not isinstance(err, ERRORS):
+        if raise_errors or os.environ.get("VSMD_DEBUG") or not isinstance(err, ERRORS):
             raise
         if isinstance(err, OSError) and not isinstance(err, (CheckpointWriteError, FileNotFoundError)):
             what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
