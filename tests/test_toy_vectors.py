@@ -169,3 +169,20 @@ def test_one_column_fits_tests_and_draws_its_histogram(csv_file: Path, tmp_path:
     run = _runs(tmp_path)[-1]
     assert np.isfinite(json.loads((run / "test_metrics.json").read_text())["metrics"]["w1"])
     assert (run / "test_samples.png").stat().st_size > 0
+
+
+def test_a_checkpoint_refuses_another_file_and_takes_the_same_file_moved(fitted: Path, csv_file: Path,
+                                                                         tmp_path: Path, capsys) -> None:
+    assert torch.load(_ckpt(fitted), map_location="cpu", weights_only=True)["vsmd_vector_data"]["path"] == \
+        str(csv_file.resolve())
+    moved = tmp_path / "moved.csv"
+    moved.write_bytes(csv_file.read_bytes())
+    main(["test", *tiny(fitted, moved), "--ckpt_path", str(_ckpt(fitted))])  # the same vectors: scored
+    other = tmp_path / "other.csv"
+    frame = pd.read_csv(csv_file)
+    frame.iloc[0, 0] += 1.0  # one value differs
+    frame.to_csv(other, index=False)
+    with pytest.raises(SystemExit):
+        main(["test", *tiny(fitted, other), "--ckpt_path", str(_ckpt(fitted))])
+    assert (f"the checkpoint was trained on {csv_file.resolve()}, but --data.init_args.path {other.resolve()} holds "
+            "other vectors (their fingerprints differ)") in capsys.readouterr().err

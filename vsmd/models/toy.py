@@ -34,14 +34,16 @@ def check_toy(data_dim: int, hidden: int, depth: int) -> None:
 
 
 class DataUnits(Callback):
-    """At the start of fit, test and predict: ``pl_module.take_data_units(standardisation, names)`` with the
-    DataModule's ``standardisation`` ((mean, std) or None) and ``column_names`` (None where it has none), so that the
-    model never reaches into the trainer for them (as vsmd.datamodules.moments hands over the data moments)."""
+    """At the start of fit, test and predict: ``pl_module.take_data_units(standardisation, names, identity)`` with
+    the DataModule's ``standardisation`` ((mean, std) or None), ``column_names`` and file ``identity`` (None where it
+    has none), so that the model never reaches into the trainer for them (as vsmd.datamodules.moments hands over the
+    data moments)."""
 
     def _hand_over(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
         if dm is not None:
-            pl_module.take_data_units(getattr(dm, "standardisation", None), getattr(dm, "column_names", None))
+            pl_module.take_data_units(getattr(dm, "standardisation", None), getattr(dm, "column_names", None),
+                                      getattr(dm, "identity", None))
 
     on_fit_start = on_test_start = on_predict_start = _hand_over
 
@@ -58,6 +60,7 @@ class ToyTask:
         self.register_buffer("data_mean", torch.zeros(self.hparams.data_dim, dtype=torch.float64))
         self.register_buffer("data_std", torch.ones(self.hparams.data_dim, dtype=torch.float64))
         self._column_names: list[str] | None = None
+        self._data_identity: dict[str, str] | None = None  # the training file's path and fingerprint (a checkpoint's)
         self._test: dict[str, Any] = {}
         self._test_figure: tuple[Tensor, Tensor] | None = None
         self._predicted: list[Tensor] = []
@@ -98,10 +101,19 @@ class ToyTask:
         s = self.standardisation
         return x if s is None else (x.double() * s[1].to(x.device) + s[0].to(x.device)).to(x.dtype)
 
-    def take_data_units(self, standardisation: tuple[Tensor, Tensor] | None, names: list[str] | None = None) -> None:
-        """The DataModule's standardisation (DataUnits): kept where the model has none yet (a new fit, or a
-        checkpoint from before vsmd kept it), refused where it differs from the one the model learned with."""
+    def take_data_units(self, standardisation: tuple[Tensor, Tensor] | None, names: list[str] | None = None,
+                        identity: dict[str, str] | None = None) -> None:
+        """The DataModule's standardisation and file (DataUnits): kept where the model has none yet (a new fit, or a
+        checkpoint from before vsmd kept them), refused where they differ from those the model learned with (the
+        file by its fingerprint: it may have moved)."""
         self._column_names = list(names) if names is not None else None
+        trained = self._data_identity
+        if identity is not None and trained is not None and identity["sha256"] != trained["sha256"]:
+            raise ValueError(f"the checkpoint was trained on {trained['path']}, but --data.init_args.path "
+                             f"{identity['path']} holds other vectors (their fingerprints differ); pass the file the "
+                             f"checkpoint was trained on: --data.init_args.path {trained['path']}")
+        if identity is not None and trained is None:
+            self._data_identity = {"path": str(identity["path"]), "sha256": str(identity["sha256"])}
         mine = self.standardisation
         if standardisation is None and mine is None:
             return
@@ -123,7 +135,13 @@ class ToyTask:
         if state is not None:  # a checkpoint from before vsmd kept the standardisation: none (the toys had none)
             state.setdefault("data_mean", torch.zeros(self._data_dim, dtype=torch.float64))
             state.setdefault("data_std", torch.ones(self._data_dim, dtype=torch.float64))
+        self._data_identity = checkpoint.get("vsmd_vector_data")
         super().on_load_checkpoint(checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._data_identity is not None:
+            checkpoint["vsmd_vector_data"] = dict(self._data_identity)
 
     def _figure(self, real: Tensor | None, fake: Tensor, title: str):
         """Generated beside real vectors in the data's units: the toys' 2-D scatter, or ``vectors_figure`` (d != 2,
