@@ -55,7 +55,7 @@ def test_fit_and_test_on_a_5d_csv(csv_file: Path, tmp_path: Path) -> None:
     assert again["metrics"] == m
 
 
-def test_predict_writes_samples_in_the_models_coordinates(csv_file: Path, tmp_path: Path) -> None:
+def test_predict_writes_finite_samples(csv_file: Path, tmp_path: Path) -> None:
     main(["fit", *tiny(tmp_path, csv_file), "--trainer.max_steps", "2"])
     main(["predict", *tiny(tmp_path, csv_file), "--ckpt_path",
           str(tmp_path / "vectors" / "version_0" / "checkpoints" / "last.ckpt")])

@@ -1,6 +1,11 @@
-"""The toy task (low-dimensional vectors, the paper's spiral-8Y and checkerboard-6X) for both generative families:
-MLP network, PMF-RMSE, W1 and straightness, sample and path figures. ToyVSMD and ToyAGM are the task mixed with a
-family."""
+"""The vector task (the paper's spiral-8Y and checkerboard-6X, and a user's own vectors of any dimension) for both
+generative families: MLP network, the metric bundle of vsmd.metrics.vectors and straightness, sample and path figures.
+ToyVSMD and ToyAGM are the task mixed with a family.
+
+The model learns in the DataModule's coordinates (z-scored columns for ``VectorDataModule(standardise=True)``); the
+standardisation reaches the model through the DataModule's ``standardisation`` (:class:`DataUnits`, a callback), is
+kept in the checkpoint (buffers ``data_mean``, ``data_std``) and undone by ``to_data_units``: test metrics,
+samples and figures are in the data's own units. The 2-D toys have none (the identity, no arithmetic)."""
 
 from __future__ import annotations
 
@@ -10,20 +15,37 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 from vsmd.diffusion.grids import check_t_stop
-from vsmd.metrics import DivergedSamplesError, pmf_rmse, sample_problem, straightness, wasserstein1d, write_json
+from vsmd.metrics import DivergedSamplesError, sample_problem, straightness, vector_metrics, write_json
 from vsmd.metrics.health import unusable_advice_for
+from vsmd.metrics.vectors import metric_notes
 from vsmd.models.agm import AGMModule
 from vsmd.models.score import VSMDModule
 from vsmd.models.nets import MLPScoreNet
-from vsmd.plotting import samples_figure, trajectories_figure
+from vsmd.plotting import samples_figure, trajectories_figure, vectors_figure
 
 
 def check_toy(data_dim: int, hidden: int, depth: int) -> None:
     if data_dim < 1 or hidden < 1 or depth < 1:
         raise ValueError(f"data_dim, hidden and depth must be >= 1, got {data_dim}, {hidden}, {depth}")
+
+
+class DataUnits(Callback):
+    """At the start of fit, test and predict: ``pl_module.take_data_units(standardisation, names, identity)`` with
+    the DataModule's ``standardisation`` ((mean, std) or None), ``column_names`` and file ``identity`` (None where it
+    has none), so that the model never reaches into the trainer for them (as vsmd.datamodules.moments hands over the
+    data moments)."""
+
+    def _hand_over(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if dm is not None:
+            pl_module.take_data_units(getattr(dm, "standardisation", None), getattr(dm, "column_names", None),
+                                      getattr(dm, "identity", None))
+
+    on_fit_start = on_test_start = on_predict_start = _hand_over
 
 
 class ToyTask:
@@ -34,6 +56,11 @@ class ToyTask:
     TASK_SETTINGS = dict(weights=("data_dim", "hidden", "depth"), evaluation=("n_straight", "straight_steps"))
 
     def init_task_state(self) -> None:
+        # x_data = x_model * data_std + data_mean (the DataModule's standardisation; 0 and 1: none)
+        self.register_buffer("data_mean", torch.zeros(self.hparams.data_dim, dtype=torch.float64))
+        self.register_buffer("data_std", torch.ones(self.hparams.data_dim, dtype=torch.float64))
+        self._column_names: list[str] | None = None
+        self._data_identity: dict[str, str] | None = None  # the training file's path and fingerprint (a checkpoint's)
         self._test: dict[str, Any] = {}
         self._test_figure: tuple[Tensor, Tensor] | None = None
         self._predicted: list[Tensor] = []
@@ -57,6 +84,72 @@ class ToyTask:
             raise ValueError(f"the data have dimension {dim} but the model was built for data_dim={self._data_dim}; "
                              f"set model.data_dim: {dim}")
 
+    # ----------------------------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[Callback]:
+        return [*super().configure_callbacks(), DataUnits()]
+
+    @property
+    def standardisation(self) -> tuple[Tensor, Tensor] | None:
+        """(mean, std) (float64, (d,)) that the model's coordinates are z-scored with, or None (the data's units)."""
+        if not self.data_mean.any() and bool((self.data_std == 1).all()):
+            return None
+        return self.data_mean, self.data_std
+
+    def to_data_units(self, x: Tensor) -> Tensor:
+        """Vectors (..., d) in the model's coordinates (generated samples, the test set) in the data's own units,
+        x * std + mean (computed in float64, returned in x's dtype); x itself when the data were not standardised."""
+        s = self.standardisation
+        return x if s is None else (x.double() * s[1].to(x.device) + s[0].to(x.device)).to(x.dtype)
+
+    def take_data_units(self, standardisation: tuple[Tensor, Tensor] | None, names: list[str] | None = None,
+                        identity: dict[str, str] | None = None) -> None:
+        """The DataModule's standardisation and file (DataUnits): kept where the model has none yet (a new fit, or a
+        checkpoint from before vsmd kept them), refused where they differ from those the model learned with (the
+        file by its fingerprint: it may have moved)."""
+        self._column_names = list(names) if names is not None else None
+        trained = self._data_identity
+        if identity is not None and trained is not None and identity["sha256"] != trained["sha256"]:
+            raise ValueError(f"the checkpoint was trained on {trained['path']}, but --data.init_args.path "
+                             f"{identity['path']} holds other vectors (their fingerprints differ); pass the file the "
+                             f"checkpoint was trained on: --data.init_args.path {trained['path']}")
+        if identity is not None and trained is None:
+            self._data_identity = {"path": str(identity["path"]), "sha256": str(identity["sha256"])}
+        mine = self.standardisation
+        if standardisation is None and mine is None:
+            return
+        if mine is None:
+            self.data_mean.copy_(standardisation[0].to(torch.float64))
+            self.data_std.copy_(standardisation[1].to(torch.float64))
+            return
+        if standardisation is not None and all(torch.allclose(a.cpu().double(), b.cpu().double(), rtol=1e-9,
+                                                              atol=1e-12) for a, b in zip(mine, standardisation)):
+            return
+        given = ("unstandardised data (standardise: false)" if standardisation is None else
+                 f"mean {_short(standardisation[0])}, std {_short(standardisation[1])}")
+        raise ValueError(f"the model learned data standardised with mean {_short(mine[0])}, std {_short(mine[1])} "
+                         f"(kept in its checkpoint), but the data module gives {given}: use the file, columns, "
+                         "val_fraction, seed and standardise the model was trained with")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:  # a checkpoint from before vsmd kept the standardisation: none (the toys had none)
+            state.setdefault("data_mean", torch.zeros(self._data_dim, dtype=torch.float64))
+            state.setdefault("data_std", torch.ones(self._data_dim, dtype=torch.float64))
+        self._data_identity = checkpoint.get("vsmd_vector_data")
+        super().on_load_checkpoint(checkpoint)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._data_identity is not None:
+            checkpoint["vsmd_vector_data"] = dict(self._data_identity)
+
+    def _figure(self, real: Tensor | None, fake: Tensor, title: str):
+        """Generated beside real vectors in the data's units: the toys' 2-D scatter, or ``vectors_figure`` (d != 2,
+        or named columns)."""
+        if real is None or (self._data_dim == 2 and self._column_names is None):
+            return samples_figure(real, fake, title=title) if self._data_dim == 2 else None
+        return vectors_figure(real, fake, names=self._column_names, title=title)
+
     def _x_paths(self, trajectory: Tensor) -> Tensor:
         """The x part (N, B, d) of a sampler trajectory of states (N, B, n_state * d)."""
         return self.process.split(trajectory.flatten(0, 1))[0].reshape(*trajectory.shape[:2], -1)
@@ -65,50 +158,56 @@ class ToyTask:
     def on_validation_epoch_end(self) -> None:
         tb = self.tensorboard()
         dm = getattr(self.trainer, "datamodule", None)
-        if tb is None or self.trainer.sanity_checking or dm is None or self._data_dim != 2:
+        if tb is None or self.trainer.sanity_checking or dm is None:
             return
         real = dm.fixed_set("val")
         fake = self.generate(len(real)).state
         x_fake = self.process.split(fake)[0].cpu()
-        tb.add_figure("samples", samples_figure(real, x_fake, title=self.process.name), self.global_step)
+        tb.add_figure("samples", self._figure(self.to_data_units(real), self.to_data_units(x_fake),
+                                              self.process.name), self.global_step)
+        if self._data_dim != 2:
+            return
         paths = self.generate(16, sampler=self.path_sampler, steps=self.hparams.straight_steps, return_trajectory=True)
         tb.add_figure("pf_ode_paths", trajectories_figure(self._x_paths(paths.trajectory).cpu(), paths.times.cpu()),
                       self.global_step)
 
     # ----------------------------------------------------------------------------------------------
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        real = batch
         h = self.hparams
         start = time.perf_counter()
-        res = self.generate(len(real), progress=self.show_progress)
+        res = self.generate(len(batch), progress=self.show_progress)
         wall = time.perf_counter() - start
         fake = self.process.split(res.state)[0]
         paths = self.generate(h.n_straight, sampler=self.path_sampler, steps=h.straight_steps, return_trajectory=True,
                               seed=h.seed + 1)
         times = paths.times[:-1]  # the grid T..t_eps; the last point is the final Euler step to t = 0
-        s = straightness(self._x_paths(paths.trajectory[:-1]), times)
-        problem = sample_problem(fake, real.abs().max())
+        problem = sample_problem(fake, batch.abs().max())  # in the model's coordinates, where the data are O(1)
+        real, fake = self.to_data_units(batch), self.to_data_units(fake)  # the metrics are in the data's units
+        s = straightness(self.to_data_units(self._x_paths(paths.trajectory[:-1])), times)
         if problem is None:
-            metrics = {"rmse_pmf": pmf_rmse(real, fake) if self._data_dim == 2 else float("nan")}
-            metrics |= {f"straightness_{i}": float(v) for i, v in enumerate(s)}
-            metrics |= {f"w1_{i}": float(v) for i, v in enumerate(wasserstein1d(real, fake))}
-            metrics |= {f"std_ratio_{i}": float(v) for i, v in enumerate(fake.std(0).cpu() / real.std(0).cpu())}
+            scores = vector_metrics(real, fake)
+            metrics = {"rmse_pmf": scores.pop("rmse_pmf")} | {f"straightness_{i}": float(v) for i, v in enumerate(s)}
+            metrics |= scores
         else:  # scores over diverged samples would look plausible (the PMF clips far points into its grid)
             metrics = dict.fromkeys(["rmse_pmf", *(f"{m}_{i}" for m in ("straightness", "w1", "std_ratio")
-                                                   for i in range(self._data_dim))], float("nan"))
+                                                   for i in range(self._data_dim)), "sliced_w1", "mmd", "w1"],
+                                    float("nan"))
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
-        self._test = {"metrics": metrics, "sampler": h.sampler, "sample_steps": h.sample_steps, "nfe": res.nfe,
-                      "n_samples": len(real), "sampling_seconds": wall,
+        units = self.standardisation
+        self._test = {"metrics": metrics, "metric_notes": metric_notes(), "sampler": h.sampler,
+                      "sample_steps": h.sample_steps, "nfe": res.nfe, "n_samples": len(real), "sampling_seconds": wall,
                       "straightness": {"metric": "rectified-flow straightness int E[(dx/(T-t_eps) - xdot)^2] ds "
                                        "per dimension, finite differences", "sampler": self.path_sampler,
                                        "steps": h.straight_steps, "paths": h.n_straight},
                       "process": self.process.name, "beta": h.get("beta"), "damping": h.get("damping"),
-                      "trained_steps": max(self.trained_steps, self.global_step), "samples_problem": problem}
+                      "trained_steps": max(self.trained_steps, self.global_step), "samples_problem": problem,
+                      "standardisation": None if units is None else {"mean": units[0].tolist(),
+                                                                     "std": units[1].tolist()}}
         self._test |= self.variational_summary()
-        self._test_figure = (real.cpu(), fake.cpu()) if self._data_dim == 2 and problem is None else None
+        self._test_figure = (real.cpu(), fake.cpu()) if problem is None else None
         tb = self.tensorboard()
         if tb is not None and self._test_figure is not None:
-            tb.add_figure("test/samples", samples_figure(*self._test_figure, title=self.process.name), self.global_step)
+            tb.add_figure("test/samples", self._figure(*self._test_figure, self.process.name), self.global_step)
 
     def on_test_epoch_end(self) -> None:
         if not self._test or not self.trainer.is_global_zero:
@@ -127,44 +226,54 @@ class ToyTask:
 
     # ----------------------------------------------------------------------------------------------
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """n generated vectors (n, d) in the data's units."""
         n = len(batch[0]) if isinstance(batch, (list, tuple)) else len(batch)
         start = time.perf_counter()
         res = self.generate(n, progress=self.show_progress, seed=self.hparams.seed + 2 + batch_idx)
         self._predict_cost.append((res.nfe, time.perf_counter() - start))
         x = self.process.split(res.state)[0].cpu()
         self._predicted.append(x)
-        return x
+        return self.to_data_units(x)
 
     def on_predict_epoch_end(self) -> None:
         if not self._predicted or not self.trainer.is_global_zero:
             return
-        x = torch.cat(self._predicted).numpy()
+        x = torch.cat(self._predicted)  # the model's coordinates
         nfe, seconds = self._predict_cost[0][0], sum(c[1] for c in self._predict_cost)
         self._predicted, self._predict_cost = [], []
         out = self.run_dir()
-        np.savez(out / "samples.npz", samples=x, process=self.process.name, sampler=self.hparams.sampler,
-                 sample_steps=self.hparams.sample_steps, nfe=nfe, sampling_seconds=seconds)
+        np.savez(out / "samples.npz", samples=self.to_data_units(x).numpy(), process=self.process.name,
+                 sampler=self.hparams.sampler, sample_steps=self.hparams.sample_steps, nfe=nfe,
+                 sampling_seconds=seconds)
         dm = getattr(self.trainer, "datamodule", None)
         real = dm.fixed_set("predict") if hasattr(dm, "fixed_set") else None
         problem = sample_problem(x, float(real.abs().max()) if real is not None else 1.0)
         if problem:
             raise DivergedSamplesError(f"the generated samples are unusable: {problem}. They are in "
                                        f"{out / 'samples.npz'} for inspection. " + unusable_advice_for(self))
-        if x.shape[1] == 2:
-            self._save_samples_png(real, torch.from_numpy(x), out / "samples.png")
+        real = self.to_data_units(real) if real is not None else None
+        self._save_samples_png(real, self.to_data_units(x), out / "samples.png")
         print(f"wrote {len(x)} samples to {out / 'samples.npz'} ({self.hparams.sampler}, NFE {nfe}, {seconds:.2f} s of "
               "sampling)")
 
     def _save_samples_png(self, real: Tensor | None, fake: Tensor, path) -> None:
-        """Generated samples beside real ones on the same axes (the real data's range), as a PNG."""
+        """Generated samples beside real ones on the same axes (the real data's range), as a PNG (none for d != 2
+        without real samples)."""
         h = self.hparams
-        fig = samples_figure(real, fake, title=f"{self.process.name}{_beta(h)}, {h.sampler} {h.sample_steps}")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        fig = self._figure(real, fake, f"{self.process.name}{_beta(h)}, {h.sampler} {h.sample_steps}")
+        if fig is not None:
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
 
 
 def _beta(h) -> str:
     return f"-{h.beta:g}" if h.get("beta") is not None else ""
+
+
+def _short(v: Tensor, most: int = 4) -> str:
+    """A vector in words: its first ``most`` entries to 4 digits."""
+    vals = [f"{float(x):.4g}" for x in v[:most]]
+    return "[" + ", ".join(vals + (["..."] if len(v) > most else [])) + "]"
 
 
 class ToyVSMD(ToyTask, VSMDModule):
