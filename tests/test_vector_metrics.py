@@ -140,3 +140,14 @@ def test_vectors_figure_on_principal_axes_and_chosen_columns() -> None:
     plt.close(vectors_figure(real[:, :1], real[:, :1]))  # d = 1: histograms
     with pytest.raises(ValueError, match="two coordinate indices"):
         vectors_figure(real, real, columns=[0, 9])
+
+
+def test_column_quantiles_are_numpys_linear_quantiles_bit_for_bit() -> None:
+    from vsmd.metrics.distances import column_quantiles
+
+    rng = np.random.default_rng(1)
+    q = (np.arange(1000) + 0.5) / 1000
+    for n in (1, 2, 7, 301):
+        x = rng.standard_normal((n, 40)) * 3
+        assert np.array_equal(column_quantiles(x, q), np.quantile(x, q, axis=0))
+    assert np.array_equal(column_quantiles(x, np.array([0.0, 1.0])), np.quantile(x, [0.0, 1.0], axis=0))

@@ -91,6 +91,22 @@ def mmd(a, b, bandwidths=MMD_BANDWIDTHS, scale: float | None = None) -> float:
     return float(val.clamp_min(0).sqrt())
 
 
+def column_quantiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(x, q, axis=0)`` (its "linear" method, the same floats) from one sort of each column: numpy
+    selects each quantile separately, 70 times slower on 3000 x 500 projections."""
+    x = np.sort(x, axis=0)
+    n = x.shape[0]
+    virtual = (n - 1) * q
+    below = np.floor(virtual)
+    gamma = (virtual - below)[:, None]
+    lo = np.clip(below.astype(np.intp), 0, n - 1)
+    hi = np.clip(below.astype(np.intp) + 1, 0, n - 1)
+    diff = x[hi] - x[lo]
+    out = x[lo] + diff * gamma
+    np.subtract(x[hi], diff * (1 - gamma), out=out, where=gamma >= 0.5)  # numpy's lerp, from the nearer end
+    return out
+
+
 def sliced_w1(a, b, projections: int = 500, seed: int = 0, quantiles: int = 1000) -> float:
     """Sliced W1 over ``projections`` random directions (seeded), on ``quantiles`` quantile levels."""
     a, b = point_set(a), point_set(b)
@@ -99,5 +115,5 @@ def sliced_w1(a, b, projections: int = 500, seed: int = 0, quantiles: int = 1000
     u = rng.standard_normal((a.shape[1], projections))
     u /= np.linalg.norm(u, axis=0, keepdims=True)
     q = (np.arange(quantiles) + 0.5) / quantiles
-    pa, pb = np.quantile(a @ u, q, axis=0), np.quantile(b @ u, q, axis=0)
+    pa, pb = column_quantiles(a @ u, q), column_quantiles(b @ u, q)
     return float(np.abs(pa - pb).mean())
