@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 STEPS = 20  # the README names this number
-SLOW = ("exchange", "petal", "eb", "cifar10_tiny")  # blocks with these configs take minutes on 2 cores
+SLOW = ("exchange", "petal", "eb", "cifar10_tiny", "csv_forecast")  # blocks with these configs take minutes on 2 cores
 
 # set -e does not stop at a failure inside `a && b`, so a failing vsmd ends the script itself
 PRELUDE = f"""set -e
