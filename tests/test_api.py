@@ -82,7 +82,8 @@ def test_evaluate_gives_the_metrics_of_vsmd_test(vectors, tmp_path: Path) -> Non
           "--trainer.logger.init_args.save_dir", str(tmp_path / "cli")])
     cli = json.loads((tmp_path / "cli" / "vectors" / "version_0" / "test_metrics.json").read_text())
     assert cli["metrics"] == metrics and all(metrics[f"w1_{j}"] > 0 for j in range(5))
-    assert set(metrics) == {"rmse_pmf", *(f"{k}_{j}" for k in ("straightness", "w1", "std_ratio") for j in range(5))}
+    assert set(metrics) == {"rmse_pmf", "sliced_w1", "mmd", "w1",
+                            *(f"{k}_{j}" for k in ("straightness", "w1", "std_ratio") for j in range(5))}
 
 
 def test_evaluation_settings_apply_to_the_call_only(vectors) -> None:
