@@ -22,6 +22,10 @@ image U-Net.
 
     python benchmarks/speed.py                                  # every row, 2 threads
     python benchmarks/speed.py --rows spiral8y exchange --steps 200 --threads 1 --out /tmp/speed
+    python benchmarks/speed.py --rows petal --steps 100 --profile   # + per-op tables of one more block per side
+    python benchmarks/speed.py --rows spiral8y --set model.init_args.hidden 8   # an option for vsmd's fit
+
+A row that fails is reported as an error in the table; the others still run.
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ class Floor:
         params = [p for n in self.nets for p in n.parameters()]
         self.params = params
         self.ema = [p.detach().clone() for p in params] if h.ema_decay > 0 else None
-        self.decay, self.warmup, self.n_avg = float(h.ema_decay), bool(h.get("ema_warmup", False)), 0
+        warmup = row.kind == "trajectory" or bool(h.get("ema_warmup", False))  # the bridge's EMA always warms up
+        self.decay, self.warmup, self.n_avg = float(h.ema_decay), warmup, 0
         self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0))
         self.sched = None
         if row.kind == "image":  # vsmd's images use a LambdaLR (warmup, decay): the same per-step call
@@ -270,14 +275,32 @@ class Floor:
 
 # ------------------------------------------------------------------------------------------------------------------
 # The interleaving callback.
+def _start():
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+    prof.__enter__()
+    return prof
+
+
+def _stop(prof) -> str:
+    """The per-op tables of a profiled block: by self CPU time, and by input shape."""
+    prof.__exit__(None, None, None)
+    ops = prof.key_averages()
+    return (ops.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60) + "\n"
+            + prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15,
+                                                                 max_name_column_width=40, max_shapes_column_width=90))
+
+
 def _callback_class():
     from lightning.pytorch import Callback
 
     class Interleave(Callback):
         """Times vsmd in blocks of ``block`` steps and runs a floor block after each (not counted for vsmd)."""
 
-        def __init__(self, row: Row, block: int, n_floor_batches: int = 8) -> None:
+        def __init__(self, row: Row, block: int, n_floor_batches: int = 8, profile_at: int | None = None) -> None:
             self.row, self.block, self.n_floor_batches = row, block, n_floor_batches
+            self.profile_at, self.profiler, self.profiles = profile_at, None, {}
             self.vsmd, self.floor_t = [], []
             self.events = {"validation": 0, "checkpoint": 0}
             self.floor: Floor | None = None
@@ -306,7 +329,15 @@ def _callback_class():
             if trainer.global_step % self.block:
                 return
             self.vsmd.append(time.perf_counter() - self.t0)
-            self.floor_t.append(self.floor.run(self.block))
+            if self.profiler is not None:  # the profiled block (after the timed ones): vsmd's, then the floor's
+                self.profiles["vsmd"] = _stop(self.profiler)
+                self.profiler = _start()
+                self.floor_t.append(self.floor.run(self.block))
+                self.profiles["floor"], self.profiler = _stop(self.profiler), None
+            else:
+                self.floor_t.append(self.floor.run(self.block))
+            if self.profile_at is not None and len(self.vsmd) == self.profile_at:
+                self.profiler = _start()
             self.t0 = time.perf_counter()
 
     return Interleave
@@ -348,7 +379,8 @@ def sampling_rates(row: Row, module, datamodule, batch) -> dict[str, float]:
     return out
 
 
-def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: bool) -> dict[str, Any]:
+def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: bool,
+            overrides: list[str] = (), profile: bool = False) -> dict[str, Any]:
     from vsmd.cli import VSMDCLI, VSMDArgumentParser
     from lightning.pytorch import LightningDataModule
     from vsmd.models.base import PhaseSpaceModule
@@ -356,15 +388,15 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
     steps = max(block, steps - steps % block)
     n_blocks = steps // block
     # One extra block, so that what runs after the last timed step (validation, checkpoints) lands in a timed block.
-    max_steps = steps + block
+    max_steps = steps + block + (block if profile else 0)  # and one more, profiled, when asked
     args = ["--config", str(ROOT / row.config), "--trainer.max_steps", str(max_steps),
             "--trainer.logger.init_args.save_dir", str(scratch / "runs"), "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", *make_data(row, scratch), *row.extra]
+            "--trainer.enable_model_summary", "false", *make_data(row, scratch), *row.extra, *overrides]
     argv0, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads sys.argv too
     try:
         cli = VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                       args=args, parser_class=VSMDArgumentParser, run=False)
-        cb = _callback_class()(row, block)
+        cb = _callback_class()(row, block, profile_at=n_blocks + 1 if profile else None)
         cli.trainer.callbacks.append(cb)
         torch.set_num_threads(threads)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -383,6 +415,8 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
            "sa_stages": int(getattr(cli.model.sa, "stages", 0) or 0) if getattr(cli.model, "sa", None) else 0,
            **cb.events, "floor_note": ("recorded network calls (no OT pairing, no bridge sampling)"
                                        if row.kind == "trajectory" else "re-stated perturbation and loss")}
+    if cb.profiles:
+        out["profile"] = cb.profiles
     out["floor_gflops"] = flops / (out["floor_ms_median"] * 1e-3) / 1e9
     out["vsmd_gflops"] = flops / (out["vsmd_ms_median"] * 1e-3) / 1e9
     if nfe and row.nfe:
@@ -433,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-sampling", action="store_true", help="skip samples per second")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of speed.md and speed.json")
     ap.add_argument("--note", default="", help="a line under the header (e.g. 'development run under contention')")
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("OPTION", "VALUE"),
+                    help="an option for every row's vsmd fit, e.g. --set model.init_args.hidden 8 (repeatable)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one more block of each side (torch.profiler): speed_profile_<row>.txt")
     ap.add_argument("--scratch", default=None, help="folder for data and runs (default: a temporary one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -453,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             print(f"[speed] {name}: {steps} + {block} steps per side in blocks of {block} ...", flush=True)
             try:
-                r = run_row(row, steps, block, args.threads, scratch / name, not args.no_sampling)
+                r = run_row(row, steps, block, args.threads, scratch / name, not args.no_sampling,
+                            [x for k, v in args.set for x in (f"--{k.lstrip('-')}", v)], args.profile)
             except Exception as err:  # one failing row does not lose the others
                 r = {"row": name, "error": f"{type(err).__name__}: {err}".replace("|", "/")[:300]}
             r["seconds"] = time.perf_counter() - t
@@ -466,6 +505,12 @@ def main(argv: list[str] | None = None) -> None:
     meta["seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        prof = r.pop("profile", None)
+        if prof:
+            (out / f"speed_profile_{r['row']}.txt").write_text(
+                f"{meta['command']}\n{r['block']} steps of each side, {args.threads} thread(s)\n\n"
+                + "".join(f"== {side} ==\n{text}\n" for side, text in prof.items()))
     (out / "speed.md").write_text(table(results, meta))
     (out / "speed.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
     print(table(results, meta))

@@ -56,9 +56,15 @@ def test_floor_loss_is_vsmd_loss_forecasting() -> None:
     assert floor.loss().item() == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_sampling_rates_at_nfe_10_and_20() -> None:
+    m = ToyVSMD(data_dim=2, hidden=16, depth=1)
+    rates = speed.sampling_rates(speed.ROWS["spiral8y"], m, None, None)
+    assert rates["nfe10_used"] == 10 and rates["nfe20_used"] == 20 and rates["nfe10"] > 0 and rates["nfe20"] > 0
+
+
 def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
     speed.main(["--rows", "spiral8y", "--steps", "2", "--block", "1", "--threads", "1", "--out", str(tmp_path),
-                "--scratch", str(tmp_path / "scratch"), "--note", "test run"])
+                "--scratch", str(tmp_path / "scratch"), "--note", "test run", "--profile", "--no-sampling"])
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["meta"]["threads"] == 1 and report["meta"]["matmul_gflops"] > 0
     (row,) = report["rows"]
@@ -66,7 +72,9 @@ def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
     assert row["row"] == "spiral8y" and row["blocks"] == 3 and len(row["floor_blocks_s"]) == 3
     for key in ("ratio_median", "ratio_whole", "vsmd_ms_median", "floor_ms_median", "flops_per_step"):
         assert row[key] > 0
-    assert set(row["sampling"]) >= {"nfe10", "nfe20"} and row["sampling"]["nfe10_used"] == 10
+    assert "sampling" not in row and "profile" not in row
+    profile = (tmp_path / "speed_profile_spiral8y.txt").read_text()
+    assert "== vsmd ==" in profile and "== floor ==" in profile and "aten::addmm" in profile
     md = (tmp_path / "speed.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| row |"))
     data = next(line for line in md.splitlines() if line.startswith("| spiral8y |"))
