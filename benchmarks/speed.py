@@ -437,10 +437,11 @@ def table(results: list[dict], meta: dict) -> str:
         "",
         "vsmd and its floor alternate in blocks of steps in one process; median: the median block (steady state); "
         "whole: every block after the first, with the SA stages, validations and checkpoints that fell in them. "
+        "SA / val / ckpt in fit: the events of the whole fit (the checkpoint after the last block is not timed). "
         "GFLOP/s: model FLOPs of a step (FlopCounterMode; the GRU is not counted) over the median step time.",
         "",
         "| row | steps x block | vsmd ms/step (median) | floor ms/step (median) | ratio median | ratio whole "
-        "| SA / val / ckpt in run | MFLOP/step | floor GFLOP/s | vsmd GFLOP/s | samples/s NFE 10 | NFE 20 |",
+        "| SA / val / ckpt in fit | MFLOP/step | floor GFLOP/s | vsmd GFLOP/s | samples/s NFE 10 | NFE 20 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -474,7 +475,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scratch", default=None, help="folder for data and runs (default: a temporary one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     start = time.perf_counter()
     results = []
     own = tempfile.TemporaryDirectory(prefix="vsmd-speed-") if args.scratch is None else None
