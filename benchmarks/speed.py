@@ -431,7 +431,8 @@ def table(results: list[dict], meta: dict) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s) "
-        f"(torch.set_num_threads); fp32 matmul rate {meta['matmul_gflops']:.1f} GFLOP/s "
+        f"(torch.set_num_threads){'; malloc without mmap (--no-mmap)' if meta['no_mmap'] else ''}; "
+        f"fp32 matmul rate {meta['matmul_gflops']:.1f} GFLOP/s "
         f"(1024 x 1024, best of 10); total {meta['seconds']:.0f} s.  ",
         f"{meta['note']}",
         "",
@@ -472,16 +473,26 @@ def main(argv: list[str] | None = None) -> None:
                     help="an option for every row's vsmd fit, e.g. --set model.init_args.hidden 8 (repeatable)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one more block of each side (torch.profiler): speed_profile_<row>.txt")
+    ap.add_argument("--no-mmap", action="store_true",
+                    help="glibc malloc without mmap and without trimming (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD "
+                         "2^31 - 1), as GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=... does: "
+                         "big tensors are then reused instead of mapped and zeroed by the kernel at every step")
     ap.add_argument("--scratch", default=None, help="folder for data and runs (default: a temporary one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_mmap:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        if not (libc.mallopt(-4, 0) and libc.mallopt(-1, 2**31 - 1)):  # M_MMAP_MAX, M_TRIM_THRESHOLD
+            raise SystemExit("--no-mmap: mallopt refused the settings (not glibc?)")
     start = time.perf_counter()
     results = []
     own = tempfile.TemporaryDirectory(prefix="vsmd-speed-") if args.scratch is None else None
     scratch = Path(args.scratch or own.name)
     meta = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
-            "torch": torch.__version__, "threads": args.threads, "note": args.note,
+            "torch": torch.__version__, "threads": args.threads, "note": args.note, "no_mmap": args.no_mmap,
             "matmul_gflops": matmul_rate() / 1e9}
     try:
         for name in args.rows:
