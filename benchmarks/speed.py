@@ -87,8 +87,8 @@ def make_data(row: Row, scratch: Path) -> list[str]:
     if row.data == "exchange":
         src = SHARED / "exchange_rate_nips.tar.gz"
         if not src.is_file():
-            raise FileNotFoundError(f"{src} is missing: the exchange row needs the GP-Copula archive there "
-                                    "(../shared/data/README.md)")
+            raise FileNotFoundError(f"{src} is missing: the exchange row needs the GP-Copula archive; point "
+                                    "--shared-data at the folder that has it (../shared/data/README.md)")
         d = scratch / "exchange"
         d.mkdir(parents=True, exist_ok=True)
         if not (d / src.name).exists():
@@ -123,7 +123,8 @@ def make_data(row: Row, scratch: Path) -> list[str]:
     if row.data == "eb":
         src = SHARED / "eb_nlsb_val_rna.npz"
         if not src.is_file():
-            raise FileNotFoundError(f"{src} is missing: the eb row needs the EB subset (../shared/data/README.md)")
+            raise FileNotFoundError(f"{src} is missing: the eb row needs the EB subset; point --shared-data at the "
+                                    "folder that has it (../shared/data/README.md)")
         return ["--data.init_args.path", str(src)]
     return []
 
@@ -461,6 +462,7 @@ def table(results: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global SHARED
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--steps", type=int, default=None, help="measured steps per side (default: each row's own)")
@@ -477,8 +479,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="glibc malloc without mmap and without trimming (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD "
                          "2^31 - 1), as GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=... does: "
                          "big tensors are then reused instead of mapped and zeroed by the kernel at every step")
+    ap.add_argument("--shared-data", default=str(SHARED),
+                    help="folder with exchange_rate_nips.tar.gz and eb_nlsb_val_rna.npz (default: ../shared/data)")
     ap.add_argument("--scratch", default=None, help="folder for data and runs (default: a temporary one)")
     args = ap.parse_args(argv)
+    SHARED = Path(args.shared_data)
     torch.set_num_threads(args.threads)
     if args.no_mmap:
         import ctypes

@@ -80,3 +80,11 @@ def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
     data = next(line for line in md.splitlines() if line.startswith("| spiral8y |"))
     assert header.count("|") == data.count("|") == 13
     assert "1 thread(s)" in md and "test run" in md and "--rows spiral8y" in md
+
+
+def test_a_row_without_its_data_is_an_error_row_naming_the_option(tmp_path: Path) -> None:
+    speed.main(["--rows", "eb", "--threads", "1", "--shared-data", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                "--scratch", str(tmp_path / "scratch")])
+    (row,) = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert "eb_nlsb_val_rna.npz is missing" in row["error"] and "--shared-data" in row["error"]
+    assert "| eb | error: FileNotFoundError" in (tmp_path / "speed.md").read_text()
