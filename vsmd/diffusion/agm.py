@@ -96,6 +96,7 @@ class AGMProcess(nn.Module):
         self.data_shape = tuple(int(s) for s in data_shape)
         self.p, self.k = float(p), float(k)
         self.t_eps, self.t_max = float(t_eps), float(t_max)
+        self._table: tuple[Tensor, dict[str, Tensor]] | None = None  # (levels, their coefficients), see table()
 
     def split(self, a: Tensor) -> tuple[Tensor, Tensor]:
         return tuple(a.chunk(2, dim=1))  # type: ignore[return-value]
@@ -159,7 +160,13 @@ class AGMProcess(nn.Module):
         return {key: val.to(dtype).reshape(shape) for key, val in out.items()}
 
     def table(self, levels: Tensor) -> dict[str, Tensor]:
-        return self.coefficients(levels)
+        """Coefficients on a fixed time grid (the training levels), computed once per grid: they depend on p and k
+        only, so every training step reuses them."""
+        cached = self._table
+        if (cached is None or cached[0].shape != levels.shape or cached[0].device != levels.device
+                or not torch.equal(cached[0], levels)):
+            self._table = cached = (levels.clone(), self.coefficients(levels))
+        return cached[1]
 
     def noise_scale(self, t: Tensor, coeffs: dict[str, Tensor] | None = None) -> Tensor:
         """The scale s(t) the network's output is multiplied by to give the force."""

@@ -15,17 +15,23 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def _warmup_ema(decay: float):
-    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+    """averaged += (current - averaged) * (1 - d), d = min(decay, (1 + n) / (10 + n)), over all parameters at once (the
+    same float32 operations, in the same order, as one tensor at a time; a few foreach calls instead of a Python loop
+    of four operations per parameter)."""
+    @torch.no_grad()
+    def multi_avg_fn(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        return averaged + (current - averaged) * (1.0 - d)
-    return avg_fn
+        diff = torch._foreach_sub(current, averaged)
+        torch._foreach_mul_(diff, 1.0 - d)
+        torch._foreach_add_(averaged, diff)
+    return multi_avg_fn
 
 
 def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> AveragedModel | None:
     """An EMA copy of ``net`` (None for decay 0); ``warmup``: decay min(decay, (1 + n) / (10 + n))."""
     if decay <= 0:
         return None
-    ema = (AveragedModel(net, avg_fn=_warmup_ema(decay)) if warmup
+    ema = (AveragedModel(net, multi_avg_fn=_warmup_ema(decay)) if warmup
            else AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)))
     ema.requires_grad_(False)
     return ema

@@ -1,0 +1,90 @@
+"""benchmarks/speed.py: the floor computes vsmd's loss exactly (same draws, same number), and one tiny row runs end to
+end into a table of the documented shape. Never asserts times."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import speed  # noqa: E402
+from vsmd.models import TimeSeriesVSMD, ToyAGM, ToyVSMD  # noqa: E402
+
+
+def _randomised(module):
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.normal_(0, 0.3)
+    return module
+
+
+@pytest.mark.parametrize("row, make", [
+    ("spiral8y", lambda: ToyVSMD(data_dim=2, hidden=32, depth=2, process="vsuld")),
+    ("spiral8y_agm", lambda: ToyAGM(data_dim=2, hidden=32, depth=2)),
+])
+def test_floor_loss_is_vsmd_loss_toys(row, make) -> None:
+    torch.manual_seed(0)
+    m = _randomised(make())
+    x = 3 * torch.randn(64, 2)
+    floor = speed.Floor(speed.ROWS[row], m, [x], 1.0)
+    floor.net.load_state_dict(m.net.state_dict())
+    torch.manual_seed(5)
+    want = m.batch_loss(x, m.net)
+    torch.manual_seed(5)
+    assert floor.loss().item() == want.item()
+
+
+def test_floor_loss_is_vsmd_loss_forecasting() -> None:
+    torch.manual_seed(0)
+    m = _randomised(TimeSeriesVSMD(target_dim=4, freq="B", context_length=6, hidden=8, cond_dim=8,
+                                   residual_layers=2))
+    m.prediction_length = 3
+    history = m.window_history(3)
+    batch = {"target": 1 + torch.rand(5, history + 3, 4), "time_feat": torch.rand(5, history + 3, 3)}
+    floor = speed.Floor(speed.ROWS["exchange"], m, [batch], 1.0)
+    floor.net.load_state_dict(m.net.state_dict())
+    m.net.eval(), floor.net.eval()  # the GRU's dropout would draw in a different order
+    torch.manual_seed(5)
+    want = m.batch_loss(batch, m.net)
+    torch.manual_seed(5)
+    assert floor.loss().item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_sampling_rates_at_nfe_10_and_20() -> None:
+    m = ToyVSMD(data_dim=2, hidden=16, depth=1)
+    rates = speed.sampling_rates(speed.ROWS["spiral8y"], m, None, None)
+    assert rates["nfe10_used"] == 10 and rates["nfe20_used"] == 20 and rates["nfe10"] > 0 and rates["nfe20"] > 0
+
+
+def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
+    speed.main(["--rows", "spiral8y", "--steps", "2", "--block", "1", "--threads", "1", "--out", str(tmp_path),
+                "--scratch", str(tmp_path / "scratch"), "--note", "test run", "--profile", "--no-sampling"])
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["meta"]["threads"] == 1 and report["meta"]["matmul_gflops"] > 0
+    (row,) = report["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["row"] == "spiral8y" and row["blocks"] == 3 and len(row["floor_blocks_s"]) == 3
+    for key in ("ratio_median", "ratio_whole", "vsmd_ms_median", "floor_ms_median", "flops_per_step"):
+        assert row[key] > 0
+    assert "sampling" not in row and "profile" not in row
+    profile = (tmp_path / "speed_profile_spiral8y.txt").read_text()
+    assert "== vsmd ==" in profile and "== floor ==" in profile and "aten::addmm" in profile
+    md = (tmp_path / "speed.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| row |"))
+    data = next(line for line in md.splitlines() if line.startswith("| spiral8y |"))
+    assert header.count("|") == data.count("|") == 13
+    assert "1 thread(s)" in md and "test run" in md and "--rows spiral8y" in md
+
+
+def test_a_row_without_its_data_is_an_error_row_naming_the_option(tmp_path: Path) -> None:
+    speed.main(["--rows", "eb", "--threads", "1", "--shared-data", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                "--scratch", str(tmp_path / "scratch")])
+    (row,) = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert "eb_nlsb_val_rna.npz is missing" in row["error"] and "--shared-data" in row["error"]
+    assert "| eb | error: FileNotFoundError" in (tmp_path / "speed.md").read_text()
