@@ -40,6 +40,7 @@ import os
 import platform
 import shutil
 import statistics
+import shlex
 import sys
 import tempfile
 import time
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     own = tempfile.TemporaryDirectory(prefix="vsmd-speed-") if args.scratch is None else None
     scratch = Path(args.scratch or own.name)
-    meta = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": "python benchmarks/speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
             "torch": torch.__version__, "threads": args.threads, "note": args.note, "no_mmap": args.no_mmap,
             "matmul_gflops": matmul_rate() / 1e9}
