@@ -1,10 +1,11 @@
 """Sample and evaluate a trained checkpoint from Python (docs/python.md).
 
-    vsmd fit --config configs/spiral8y.yaml      # or any other config: a checkpoint to sample
+    vsmd fit --config configs/spiral8y.yaml      # or another unconditional model: toys, vectors, images
     python examples/sample_checkpoint.py runs/spiral8y/version_0/checkpoints/last.ckpt --sampler ei --nfe 20
 
 The checkpoint passes the checks of `vsmd test` (CRC, weights_only); the samples are written to samples.npy in the
-data's coordinates.
+data's coordinates. Forecasters and trajectory models do not sample unconditionally: use `model.forecast` and
+`model.trajectories` (docs/python.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def main() -> None:
         parser.error(str(err))
     print(model)
 
-    samples = model.sample(args.n, sampler=args.sampler, nfe=args.nfe, seed=0)
+    try:
+        samples = model.sample(args.n, sampler=args.sampler, nfe=args.nfe, seed=0)
+    except (TypeError, ValueError) as err:  # a forecaster or trajectory model, or an NFE the sampler cannot make
+        parser.error(str(err))
     np.save(args.out, samples.numpy())
     print(f"wrote {tuple(samples.shape)} samples to {args.out}")
 

@@ -247,3 +247,11 @@ def test_images_come_back_as_images() -> None:
     x = Model(module).sample(2, seed=0)
     assert x.shape == (2, 3, 8, 8) and float(x.abs().max()) <= 1.0
     assert Model(module).sample(2, seed=0, return_state=True).shape == (2, 6, 8, 8)
+
+
+def test_fit_with_a_misspelt_option_raises_a_value_error_not_system_exit(tmp_path: Path) -> None:
+    """A notebook must not see SystemExit from the parser: vsmd.fit raises what the parser said."""
+    with pytest.raises(ValueError, match=r"(?s)vsmd\.fit: the options were refused: .*data_dimm. is not accepted"):
+        vsmd.fit(ROOT / "configs" / "spiral8y.yaml", model={"data_dimm": 5},
+                 trainer={"max_steps": 1, "logger": {"init_args": {"save_dir": str(tmp_path)}}})
+    assert not any(tmp_path.rglob("version_*"))  # nothing left behind

@@ -292,3 +292,14 @@ def test_bad_options(tmp_path: Path, kwargs, match: str) -> None:
     np.save(tmp_path / "x.npy", np.zeros((20, 2)))
     with pytest.raises(ValueError, match=match):
         VectorDataModule(str(tmp_path / "x.npy"), **kwargs)
+
+
+def test_a_saved_index_column_is_refused_not_trained_on(tmp_path: Path, table: pd.DataFrame) -> None:
+    """DataFrame.to_csv without index=False writes the row numbers as an unnamed first column."""
+    from vsmd.datamodules.vector_files import load_vectors
+
+    path = tmp_path / "with_index.csv"
+    table.to_csv(path)
+    with pytest.raises(ValueError, match=r"with_index.csv: column 1 has no name in the header .*index=False"):
+        load_vectors(path)
+    assert load_vectors(path, columns=list(table.columns)).values.shape == table.shape  # named columns: fine

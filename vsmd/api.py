@@ -135,6 +135,26 @@ def _flags(prefix: str, options: Mapping[str, Any] | None, init_args: bool) -> l
     return out
 
 
+class _Tee:
+    """A text stream that writes to ``stream`` and keeps a copy (what the parser printed before it exited)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.kept = stream, []
+
+    def write(self, text: str) -> int:
+        self.kept.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        return "".join(self.kept)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 @contextlib.contextmanager
 def _own_argv():
     """sys.argv without the calling script's arguments (LightningCLI warns when it sees both)."""
@@ -173,8 +193,16 @@ def fit(config: str | Path | Sequence[str] | None = None, *, model: Mapping[str,
         argv += [str(a) for a in config]
     argv += _flags("model", model, True) + _flags("data", data, True) + _flags("trainer", trainer, False)
     argv += _flags("", options, False)
-    with _own_argv():
-        main(argv, raise_errors=True)
+    said = _Tee(sys.stderr)
+    try:
+        with _own_argv(), contextlib.redirect_stderr(said):
+            main(argv, raise_errors=True)
+    except SystemExit as err:  # the parser's refusal (an unknown or mistyped option) exits; a call raises
+        if err.code in (0, None):
+            raise
+        text = said.text()
+        reason = text[text.rfind("error:") + len("error:"):].strip() if "error:" in text else text.strip()
+        raise ValueError(f"vsmd.fit: the options were refused: {reason or f'exit status {err.code}'}") from None
     run = next((r for r in RESERVED if r.is_dir()), None)
     newest = newest_checkpoint(run) if run is not None else None
     if newest is None:

@@ -196,6 +196,11 @@ def _frame_table(frame, p: Path, columns: list[str | int] | None, csv: bool) -> 
                 raise ValueError(f"{p} has no column {c!r}; its columns are {', '.join(map(repr, names))}: fix "
                                  "columns (names, or positions from 0)")
         frame, names = frame.iloc[:, idx], [names[j] for j in idx]
+    unnamed = [c for c in names if c.startswith("Unnamed: ")] if columns is None else []
+    if unnamed:  # a saved index is no coordinate: refuse it rather than train on the row numbers
+        raise ValueError(f"{p}: column {names.index(unnamed[0]) + 1} has no name in the header (pandas calls it "
+                         f"{unnamed[0]!r}; often the index that DataFrame.to_csv writes without index=False): name "
+                         "it, drop it (write the file with index=False), or list the wanted columns in columns: [...]")
     line = (lambda i: f"row {i + 1} (line {i + 2} of the file)") if csv else (lambda i: f"row {i + 1}")
     if len(frame) == 0:
         raise ValueError(f"{p} has no rows of data; write one row per vector")
