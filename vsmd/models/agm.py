@@ -72,8 +72,7 @@ class AGMModule(GenerativeModule):
     def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
         """The force F = s(t) * output that AGM's integrator follows."""
         net = net if net is not None else self.eval_net
-        tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
-        return self._eps(net, a, t, cond) * self.process.noise_scale(tt).to(a.dtype)
+        return self._eps(net, a, t, cond) * self._noise_scale(a, t)
 
     def guide_target(self) -> Tensor | None:
         """The point of velocity guidance in the data's coordinates (None: unguided)."""

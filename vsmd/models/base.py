@@ -152,6 +152,11 @@ class GenerativeModule(FrameMixin, PhaseSpaceModule):
         """The network's output at c_noise = 999 t, with the condition when there is one."""
         return net(a, 999.0 * t) if cond is None else net(a, 999.0 * t, cond)
 
+    def _noise_scale(self, a: Tensor, t: Tensor) -> Tensor:
+        """The path's noise_scale at t in a's dtype, from one time where the samplers pass one time per call."""
+        tt = t[:1] if bool((t == t[0]).all()) else t
+        return self.process.noise_scale(tt).to(a.dtype)
+
     def _sample_times(self, n: int) -> tuple[Tensor, dict[str, Tensor] | None]:
         p = self.process
         if self.hparams.t_levels:

@@ -191,9 +191,7 @@ class VSMDModule(GenerativeModule):
     def score(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
         """s_theta(a, t[, cond]) = -eps_hat / noise_scale(t) (spec section 2)."""
         net = net if net is not None else self.eval_net
-        tt = t[:1] if bool((t == t[0]).all()) else t  # the samplers pass one time per call
-        scale = self.process.noise_scale(tt).to(a.dtype)
-        return -self._eps_v(net, a, t, cond) / scale  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
+        return -self._eps_v(net, a, t, cond) / self._noise_scale(a, t)  # score_v = -(L^{-T} eps)_v = -eps_v / L_vv
 
     def denoise(self, a: Tensor, t: Tensor, net: nn.Module | None = None, cond: Tensor | None = None) -> Tensor:
         """The data estimate the "ei" sampler and t_stop use: Tweedie's E[x0 | a_t] for overdamped processes, its

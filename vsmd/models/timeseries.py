@@ -42,6 +42,11 @@ TS_SETTINGS = dict(
     resume=("dropout",), evaluation=("num_samples",))
 
 
+def resolve_lags(lags: list[int] | None, freq: str) -> list[int]:
+    """The lags the RNN sees: ``lags`` sorted without repeats, or TimeGrad's set for ``freq`` when None."""
+    return sorted(set(lags)) if lags is not None else default_lags(freq)
+
+
 def check_forecaster(target_dim: int, num_samples: int, context_length: int | None, lags: list[int],
                      scaling: str) -> None:
     if target_dim < 1 or num_samples < 1 or (context_length is not None and context_length < 1):
@@ -63,7 +68,7 @@ class TimeSeriesTask:
                  lags: list[int] | None = None, scaling: str = "std", rnn: str = "gru", hidden: int = 40,
                  layers: int = 2, dropout: float = 0.1, cond_dim: int = 100, channels: int = 8,
                  residual_layers: int = 8, num_samples: int = 100, **kwargs: Any) -> None:
-        lags = sorted(set(lags)) if lags is not None else default_lags(freq)
+        lags = resolve_lags(lags, freq)
         check_forecaster(target_dim, num_samples, context_length, lags, scaling)
         kwargs.setdefault("ema_warmup", True)  # forecasting runs are short (TimeGrad: about 2000 steps)
         super().__init__(**kwargs)
@@ -82,8 +87,7 @@ class TimeSeriesTask:
     def _lags(self) -> list[int]:
         """The lags (sorted, unique; None: TimeGrad's set for ``freq``). Computed from the options, because a model
         made by LightningCLI saves the config's values as its hyperparameters, not the constructor's locals."""
-        h = self.hparams
-        return sorted(set(h.lags)) if h.lags is not None else default_lags(h.freq)
+        return resolve_lags(self.hparams.lags, self.hparams.freq)
 
     def data_shape(self) -> tuple[int, ...]:
         return (self.hparams.target_dim,)
