@@ -4,6 +4,9 @@ of the command: the same checks, run folders, checkpoints and metrics."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +194,10 @@ def test_a_csv_of_3_series_is_forecast_and_scored_by_crps_sum(tmp_path: Path) ->
         model.sample(10)
     with pytest.raises(ValueError, match="give target and time_feat together"):
         model.forecast(windows["target"])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # the example refuses a forecaster in words
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "sample_checkpoint.py"), str(model.checkpoint)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "does not sample unconditionally" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_trajectories_from_the_first_snapshot(tmp_path: Path) -> None:
