@@ -166,6 +166,22 @@ def _times(dates):
     return make
 
 
+def _numeric_ids(tmp):
+    long = long_table(wide_table()[0]).rename(columns={"series": "store", "value": "sales"})
+    long["store"] = long["store"].map({"a": 1, "b": 2, "c": 3})
+    return write_csv(long[["date", "sales", "store"]], tmp / "long.csv")
+
+
+def _repeated_parquet(tmp):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table, _ = wide_table()
+    pq.write_table(pa.table([pa.array(table[c]) for c in ("date", "a", "b")], names=["date", "a", "a"]),
+                   tmp / "series.parquet")
+    return tmp / "series.parquet"
+
+
 LONG = {"id_column": "series"}
 ERRORS = [
     ("missing file", lambda tmp: tmp / "nope.csv", {}, FileNotFoundError,
@@ -250,6 +266,21 @@ ERRORS = [
      r"2 test windows of prediction_length 5 leave 50 time steps for training, but a training window needs 51 "
      r"\(the model's context_length \+ its largest lag \+ prediction_length\)"),
     ("a horizon of zero", _table, {"prediction_length": 0}, ValueError, r"prediction_length, .* must be >= 1"),
+    ("long form without id_column", _long, {}, ValueError,
+     r"looks like the long form \(one row per series and time step\): the time column 'date' repeats each time about 3 "
+     r"times and column 'series' holds text \('a', ...\), but data.init_args.id_column is not set, so it is read as "
+     r"the wide form \(one column per series\). Set --data.init_args.id_column series --data.init_args.value_column "
+     r"value \(in YAML: id_column: series, value_column: value\)"),
+    ("long form with numeric ids", _numeric_ids, {}, ValueError,
+     r"looks like the long form .*column 'store' holds 3 distinct values, .*Set --data.init_args.id_column store "
+     r"--data.init_args.value_column sales"),
+    ("a repeated header name", _text("series.csv", "date,a,b,a\n2024-01-01,1,2,3\n"), {}, ValueError,
+     r"the CSV header repeats the column name\(s\) 'a' \('date', 'a', 'b', 'a'\); give every column its own name"),
+    ("a repeated parquet column", _repeated_parquet, {}, ValueError,
+     r"the parquet file repeats the column name\(s\) 'a'; give every column its own name"),
+    ("an unknown column among many", lambda tmp: write_csv(wide_table(n_series=30)[0], tmp / "series.csv"),
+     {"columns": ["x"]}, ValueError,
+     r"has no series column 'x' \(its columns: 'date', 's0', 's1', 's2', 's3', 's4', 's5', 's6', ... \(31 in all\)\)"),
 ]
 
 
@@ -261,3 +292,13 @@ def test_every_loader_error_names_the_file_and_what_to_change(tmp_path: Path, ma
         dm_of(path, **options).setup()
     assert re.search(message, str(err.value)), str(err.value)
     assert str(err.value).startswith(str(path)), str(err.value)
+
+
+def test_spaces_around_header_names_are_dropped(tmp_path: Path) -> None:
+    """``date, a, b, c`` names the columns date, a, b and c: the time column and columns: [b] are found."""
+    table, values = wide_table()
+    path = tmp_path / "spaced.csv"
+    path.write_text("date, a, b , c\n" + table.to_csv(index=False, header=False).replace(",", ", "))
+    dm = dm_of(path, columns=["b"])
+    dm.setup()
+    np.testing.assert_allclose(dm.series.test[-1], values[[1]], rtol=1e-6)

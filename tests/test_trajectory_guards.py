@@ -211,3 +211,17 @@ def test_a_checkpoint_tested_on_another_file_is_refused(tmp_path, monkeypatch, c
     (tmp_path / "moved.npz").write_bytes((tmp_path / "a.npz").read_bytes())
     main(["test", *_common(tmp_path / "moved.npz"), "--ckpt_path", ckpt])
     _fails(["fit", *_common(tmp_path / "b.npz"), "--ckpt_path", ckpt, "--trainer.max_steps", "4"])
+
+
+def test_snapshot_csv_header_spaces_and_long_headers(tmp_path):
+    """``time, x, y`` names the columns time, x and y (as the vector and series loaders read it); a header of many
+    columns is shown by its first names only."""
+    from vsmd.datamodules.snapshot_files import load_snapshots
+
+    (tmp_path / "s.csv").write_text("time, x , y\n0,1,2\n0,2,1\n1,3,4\n1,4,3\n")
+    snaps = load_snapshots(tmp_path / "s.csv")
+    assert snaps.times == [0.0, 1.0] and snaps.points[1].tolist() == [[3.0, 4.0], [4.0, 3.0]]
+    (tmp_path / "w.csv").write_text(",".join(f"c{k}" for k in range(500)) + "\n" + ",".join(["1"] * 500) + "\n")
+    with pytest.raises(ValueError, match=r"w\.csv: the CSV needs a header with a 'time' column \(set time_column\), "
+                                         r"got \['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', \.\.\. \(500 in all\)\]$"):
+        load_snapshots(tmp_path / "w.csv")

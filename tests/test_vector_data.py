@@ -303,3 +303,59 @@ def test_a_saved_index_column_is_refused_not_trained_on(tmp_path: Path, table: p
     with pytest.raises(ValueError, match=r"with_index.csv: column 1 has no name in the header .*index=False"):
         load_vectors(path)
     assert load_vectors(path, columns=list(table.columns)).values.shape == table.shape  # named columns: fine
+
+
+def test_spaces_around_header_names_are_dropped(tmp_path: Path) -> None:
+    """``a, b, c`` (spaces after the commas) names the columns a, b and c, so columns: [b] finds b."""
+    p = _csv(tmp_path, "a, b , c\n1, 2, 3\n4, 5, 6\n")
+    t = load_vectors(p, columns=["b"])
+    assert t.columns == ["b"] and t.values.tolist() == [[2], [5]]
+    assert load_vectors(p).columns == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("text, repeated", [("a,b,a\n1,2,3\n4,5,6\n", "'a'"), ("a, b,b ,a\n1,2,3,4\n", "'a', 'b'")])
+def test_a_repeated_header_name_is_refused(tmp_path: Path, text: str, repeated: str) -> None:
+    """pandas would rename the second 'a' to 'a.1' without a word; the snapshot loader's wording."""
+    with pytest.raises(ValueError, match=rf"bad\.csv: the CSV header repeats the column name\(s\) {repeated} \(.*\); "
+                                         r"give every column its own name"):
+        load_vectors(_csv(tmp_path, text))
+
+
+def test_a_repeated_parquet_column_name_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["a", "a"]), tmp_path / "d.parquet")
+    with pytest.raises(ValueError, match=r"d\.parquet: the parquet file repeats the column name\(s\) 'a'; give every "
+                                         r"column its own name"):
+        load_vectors(tmp_path / "d.parquet")
+
+
+def test_a_transposed_file_gets_a_short_message_and_a_hint(tmp_path: Path) -> None:
+    """5 vectors of 3000 columns (a (3000, 5) table written transposed): the column lists stop after a few names."""
+    x = np.random.default_rng(0).standard_normal((3000, 5))
+    hint = r"; is the file transposed\? \(one row per sample, one column per dimension: it has {} rows and {} columns\)"
+    pd.DataFrame(x.T).to_csv(tmp_path / "t.csv", index=False)  # a header of numbers
+    with pytest.raises(ValueError) as err:
+        load_vectors(tmp_path / "t.csv")
+    assert re.fullmatch(r".*t\.csv: the first line \(0,1,2,3,4,5,6,7,\.\.\. \(3000 in all\)\) holds numbers, not "
+                        r"column names; add a header line of names .*" + hint.format(6, 3000), str(err.value))
+    assert len(str(err.value)) < 400
+    pd.DataFrame(x).T.to_csv(tmp_path / "i.csv")  # the index too: a first column of row names
+    with pytest.raises(ValueError) as err:
+        load_vectors(tmp_path / "i.csv")
+    assert re.fullmatch(r".*column 1 has no name in the header.*" + hint.format(5, 3001), str(err.value))
+    with pytest.raises(ValueError) as err:
+        load_vectors(tmp_path / "i.csv", columns=["x"])
+    assert re.fullmatch(r".*i\.csv has no column 'x'; its columns are 'Unnamed: 0', '0', '1', '2', '3', '4', '5', "
+                        r"'6', \.\.\. \(3001 in all\): fix columns.*" + hint.format(5, 3001), str(err.value))
+    labelled = pd.DataFrame(x.T, columns=[f"v{k}" for k in range(3000)])
+    labelled.insert(1, "label", list("abcde"))
+    labelled.to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(ValueError) as err:
+        load_vectors(tmp_path / "l.csv")
+    assert re.fullmatch(r".*column 'label' is not numeric .*leave it out with columns: \['v0', 'v1', 'v2', 'v3', 'v4', "
+                        r"'v5', 'v6', 'v7', \.\.\. \(3000 in all\)\]" + hint.format(5, 3001), str(err.value))
+    with pytest.raises(ValueError) as err:
+        load_vectors(tmp_path / "l.csv", columns=[5000])
+    assert "(0..3000: 'v0', 'label', 'v1', 'v2', 'v3', 'v4', 'v5', 'v6', ... (3001 in all))" in str(err.value)

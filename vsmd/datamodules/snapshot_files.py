@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vsmd.datamodules.checks import numeric_array, unusable_values
+from vsmd.datamodules.checks import name_list, numeric_array, unusable_values
 
 
 @dataclass
@@ -100,14 +100,14 @@ def _group(x: np.ndarray, ts: np.ndarray, v: np.ndarray | None, source: str) -> 
 def _load_csv(p: Path, time_column: str) -> Snapshots:
     with open(p, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        header = [h.strip() for h in next(reader, None) or []]  # "time, x, y" names x and y
         if not header or time_column not in header:
             raise ValueError(f"{p}: the CSV needs a header with a {time_column!r} column (set time_column), "
-                             f"got {header}")
+                             f"got [{name_list(header)}]")
         repeated = sorted({h for h in header if header.count(h) > 1})
         if repeated:
-            raise ValueError(f"{p}: the CSV header repeats the column name(s) {', '.join(map(repr, repeated))} "
-                             f"({header}); give every column its own name")
+            raise ValueError(f"{p}: the CSV header repeats the column name(s) {name_list(repeated)} "
+                             f"({name_list(header)}); give every column its own name")
         if len(header) == 1:
             raise ValueError(f"{p}: the CSV has only the time column {time_column!r}; add one column per coordinate")
         rows = [r for r in reader if r]

@@ -1,6 +1,6 @@
 """A user's vectors from one file: ``.npy`` (an (n, d) array), ``.npz`` (the array ``key``, or the only one), ``.csv``
-(a header line of column names, then one row per vector) or ``.parquet`` (one column per coordinate), with an
-optional choice of columns. The result is an (n, d) table of real numbers; every problem is an error that names the
+(a header line of column names, then one row per vector; spaces around a name are dropped) or ``.parquet`` (one column
+per coordinate), with an optional choice of columns. The result is an (n, d) table of real numbers; every problem is an error that names the
 file and says what to change."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vsmd.datamodules.checks import numeric_array, unusable_values
+from vsmd.datamodules.checks import csv_header, name_list, numeric_array, parquet_repeats, transposed_hint, unusable_values
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
 OTHER_SEPARATORS = (",", ";", "\t", "|", " ")
@@ -125,7 +125,7 @@ def _is_position(c) -> bool:
 def _position(c: int, d: int, p: Path, names: list[str]) -> int:
     if not -d <= c < d:
         raise ValueError(f"{p}: column position {c} is out of range; the file has {d} columns (0..{d - 1}: "
-                         f"{', '.join(names)})")
+                         f"{name_list(names)})")
     return int(c) % d
 
 
@@ -147,7 +147,11 @@ def _read_csv(p: Path, delimiter: str, encoding: str):
     except pd.errors.ParserError as err:
         raise ValueError(f"{p}: the rows do not all have the header's number of fields with delimiter "
                          f"{delimiter!r} ({str(err).strip()}); give every row one value per column") from None
-    names = [str(c) for c in frame.columns]
+    names, repeated = csv_header(p, delimiter, encoding, frame.columns)
+    if repeated:
+        raise ValueError(f"{p}: the CSV header repeats the column name(s) {name_list(repeated)} ({name_list(names)}); "
+                         "give every column its own name")
+    frame.columns = names
     if len(names) == 1:
         seen = [s for s in OTHER_SEPARATORS if s != delimiter and s in names[0]]
         if seen:
@@ -155,15 +159,20 @@ def _read_csv(p: Path, delimiter: str, encoding: str):
                              f"header holds {seen[0]!r}: set --data.init_args.delimiter {seen[0]!r} (in YAML: "
                              f"delimiter: {seen[0]!r})")
     if all(_is_number(n) for n in names):
-        raise ValueError(f"{p}: the first line ({delimiter.join(names)}) holds numbers, not column names; add a "
-                         "header line of names (e.g. numpy.savetxt(path, x, delimiter=',', comments='', "
-                         "header='x0,x1,...'))")
+        first = delimiter.join(names[:8]) + (f"{delimiter}... ({len(names)} in all)" if len(names) > 8 else "")
+        raise ValueError(f"{p}: the first line ({first}) holds numbers, not column names; add a header line of names "
+                         "(e.g. numpy.savetxt(path, x, delimiter=',', comments='', header='x0,x1,...'))"
+                         + transposed_hint(len(frame) + 1, len(names)))
     return frame
 
 
 def _read_parquet(p: Path):
     import pandas as pd
 
+    repeated = parquet_repeats(p)
+    if repeated:
+        raise ValueError(f"{p}: the parquet file repeats the column name(s) {name_list(repeated)}; give every column "
+                         "its own name")
     try:
         return pd.read_parquet(p)
     except ImportError as err:
@@ -193,14 +202,15 @@ def _frame_table(frame, p: Path, columns: list[str | int] | None, csv: bool) -> 
             elif c in names:
                 idx.append(names.index(c))
             else:
-                raise ValueError(f"{p} has no column {c!r}; its columns are {', '.join(map(repr, names))}: fix "
-                                 "columns (names, or positions from 0)")
+                raise ValueError(f"{p} has no column {c!r}; its columns are {name_list(names)}: fix columns (names, "
+                                 "or positions from 0)" + transposed_hint(len(frame), len(names)))
         frame, names = frame.iloc[:, idx], [names[j] for j in idx]
     unnamed = [c for c in names if c.startswith("Unnamed: ")] if columns is None else []
     if unnamed:  # a saved index is no coordinate: refuse it rather than train on the row numbers
         raise ValueError(f"{p}: column {names.index(unnamed[0]) + 1} has no name in the header (pandas calls it "
                          f"{unnamed[0]!r}; often the index that DataFrame.to_csv writes without index=False): name "
-                         "it, drop it (write the file with index=False), or list the wanted columns in columns: [...]")
+                         "it, drop it (write the file with index=False), or list the wanted columns in columns: [...]"
+                         + transposed_hint(len(frame), len(names)))
     line = (lambda i: f"row {i + 1} (line {i + 2} of the file)") if csv else (lambda i: f"row {i + 1}")
     if len(frame) == 0:
         raise ValueError(f"{p} has no rows of data; write one row per vector")
@@ -218,7 +228,8 @@ def _frame_table(frame, p: Path, columns: list[str | int] | None, csv: bool) -> 
         hint = " (a decimal comma? write it with a '.')" if re.fullmatch(r"\s*-?\d+,\d+\s*", str(cell)) else ""
         keep = [n for k, n in enumerate(names) if k != j]
         raise ValueError(f"{p}: column {name!r} is not numeric ({col.dtype}; {line(i)}: {cell!r}{hint}); convert it "
-                         "to numbers" + (f", or leave it out with columns: {keep}" if keep else ""))
+                         "to numbers" + (f", or leave it out with columns: [{name_list(keep)}]" if keep else "")
+                         + transposed_hint(len(frame), len(names)))
     return _checked(values, names, p, lambda i, j: f"{line(i)}, column {names[j]!r}")
 
 
@@ -228,5 +239,6 @@ def _checked(values: np.ndarray, names: list[str], p: Path, place) -> VectorTabl
     if found:
         what, first, todo = found
         i, j = np.unravel_index(first, values.shape)
-        raise ValueError(f"{p} has {what}, the first at {place(int(i), int(j))}; {todo}")
+        raise ValueError(f"{p} has {what}, the first at {place(int(i), int(j))}; {todo}"
+                         + transposed_hint(*values.shape))
     return VectorTable(values.astype(np.float64), names)
