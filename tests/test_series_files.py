@@ -302,3 +302,77 @@ def test_spaces_around_header_names_are_dropped(tmp_path: Path) -> None:
     dm = dm_of(path, columns=["b"])
     dm.setup()
     np.testing.assert_allclose(dm.series.test[-1], values[[1]], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The forecast after the file's last row (the future), from the DataModule, the CLI and the API.
+def test_the_future_window_is_the_end_of_the_file(tmp_path: Path) -> None:
+    from gluonts.time_feature import time_features_from_frequency_str
+
+    table, values = wide_table(length=60)
+    dm = dm_of(write_csv(table, tmp_path / "series.csv"))  # D, H 5, history 8
+    dm.setup()
+    w = dm.future_window()
+    future = pd.period_range("2024-03-01", periods=5, freq="D")  # 60 days from 2024-01-01 (a leap year) end on 02-29
+    assert w["times"] == [[str(p) for p in future]] and w["forecast_start"] == ["2024-03-01"]
+    assert w["target"].shape == (1, 8, 3) and w["time_feat"].shape == (1, 13, 3)
+    np.testing.assert_allclose(w["target"][0].numpy(), values[:, -8:].T, rtol=1e-6)
+    np.testing.assert_array_equal(w["time_feat"][0, :8].numpy(), dm.series.time_features[-8:])
+    expected = np.stack([f(future) for f in time_features_from_frequency_str("D")], axis=1)
+    np.testing.assert_allclose(w["time_feat"][0, 8:].numpy(), expected, rtol=1e-6)
+    assert dm.series_names == ["a", "b", "c"]
+    long = dm_of(write_csv(long_table(table), tmp_path / "long.csv"), id_column="series")
+    long.setup()
+    assert long.series_names == ["a", "b", "c"] and long.future_window()["times"] == w["times"]
+    assert [b["forecast_start"] for b in dm.predict_dataloader()] == [["2024-02-20", "2024-02-25"]]  # test windows
+    future_dm = dm_of(tmp_path / "series.csv", future=True)
+    future_dm.setup()
+    assert [b["times"] for b in future_dm.predict_dataloader()] == [w["times"]]
+
+
+def test_vsmd_predict_and_model_forecast_give_the_future(tmp_path: Path, capsys) -> None:
+    """`vsmd predict --data.init_args.future true` writes the H steps after the last row (forecast.csv with the
+    times and the series' names, forecasts.npz), and `Model.forecast(future=True)` gives the same paths."""
+    import torch
+
+    import vsmd
+
+    table, _ = wide_table(length=80)
+    path = write_csv(table.rename(columns={"a": "north", "b": "south", "c": "east"}), tmp_path / "three.csv")
+    common = ["--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--data.init_args.path", str(path), "--data.init_args.prediction_length", "5",
+              "--data.init_args.test_windows", "2", "--data.init_args.batch_size", "8",
+              "--data.init_args.num_batches_per_epoch", "3", "--data.init_args.n_val", "8",
+              "--model.init_args.hidden", "8", "--model.init_args.layers", "1", "--model.init_args.cond_dim", "8",
+              "--model.init_args.channels", "4", "--model.init_args.residual_layers", "2",
+              "--model.init_args.sa_every", "100", "--model.init_args.sample_steps", "3",
+              "--model.init_args.num_samples", "8"]
+    main(["fit", *common, "--trainer.max_steps", "2"])
+    ckpt = tmp_path / "csv_forecast" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["predict", *common, "--ckpt_path", str(ckpt), "--data.init_args.future", "true"])
+    out = tmp_path / "csv_forecast" / "version_1"
+    days = [str(p) for p in pd.period_range("2024-03-21", periods=5, freq="D")]  # the file ends on 2024-03-20
+    assert f"forecast paths for the 5 steps from 2024-03-21 to {out / 'forecasts.npz'}" in capsys.readouterr().out
+    f = np.load(out / "forecasts.npz")
+    assert f["samples"].shape == (1, 8, 5, 3) and f["times"].tolist() == [days]
+    assert f["series"].tolist() == ["north", "south", "east"] and f["forecast_start"].tolist() == ["2024-03-21"]
+    np.testing.assert_allclose(f["history"][0, -1], table[["a", "b", "c"]].to_numpy()[-1], rtol=1e-6)
+    csv = pd.read_csv(out / "forecast.csv")
+    assert list(csv.columns) == ["time", "series", "mean", "q05", "median", "q95"] and len(csv) == 15
+    assert csv["time"].tolist() == np.repeat(days, 3).tolist()
+    assert csv["series"].tolist() == ["north", "south", "east"] * 5
+    paths = f["samples"][0]
+    np.testing.assert_allclose(csv["mean"], paths.mean(0).reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(csv["median"], np.median(paths, 0).reshape(-1), rtol=1e-6)
+    assert (csv["q05"] <= csv["median"]).all() and (csv["median"] <= csv["q95"]).all()
+
+    model = vsmd.load(ckpt)
+    window = model.future_window()
+    assert window["times"] == [days] and window["series"] == ["north", "south", "east"]
+    forecasts = model.forecast(future=True, seed=2)  # vsmd predict's seed: the model's seed + 2
+    assert forecasts.shape == (1, 8, 5, 3) and np.array_equal(forecasts.numpy(), f["samples"])
+    assert torch.equal(forecasts, model.forecast(window["target"], window["time_feat"], seed=2))
+    assert model.forecast(seed=2).shape == (2, 8, 5, 3)  # the test windows, as before
+    with pytest.raises(ValueError, match=r"give target and time_feat, or future=True .*not both"):
+        model.forecast(window["target"], window["time_feat"], future=True)

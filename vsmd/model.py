@@ -222,9 +222,19 @@ class Model:
             dm.setup("test")
             return dm.test_windows()
 
+    def future_window(self) -> dict[str, Any]:
+        """The window after the data's last time step, as ``forecast(future=True)`` forecasts it: ``target``
+        (1, history, D), ``time_feat`` (1, history + H, F), ``forecast_start`` (1 period string), ``times`` (the H
+        future periods, derived from the data's frequency: [[...]]) and ``series`` (the D series' names)."""
+        self._needs("forecast", "forecast")
+        dm = self.datamodule
+        with self._attached(dm):
+            dm.setup("predict")
+            return dm.future_window() | {"series": dm.series_names}
+
     def forecast(self, target: Tensor | None = None, time_feat: Tensor | None = None, num_samples: int | None = None,
                  sampler: str | None = None, nfe: int | None = None, steps: int | None = None,
-                 seed: int = 0) -> Tensor:
+                 seed: int = 0, future: bool = False) -> Tensor:
         """Sample paths of a forecaster, autoregressively, in the data's units.
 
         Args:
@@ -233,6 +243,8 @@ class Model:
             time_feat: (B, history + H, F) time features of the history and the H steps to forecast.
             num_samples: sample paths per window; None: the model's ``num_samples``.
             sampler, nfe, steps, seed: as for ``sample`` (nfe per forecast step).
+            future: forecast the H steps after the data's last time step (B = 1; their times and the series'
+                names: ``future_window()``) instead of the test windows.
 
         Returns:
             (B, num_samples, H, D) forecasts.
@@ -240,10 +252,13 @@ class Model:
         m = self._needs("forecast", "forecast")
         if (target is None) != (time_feat is None):
             raise ValueError("give target and time_feat together, or neither (the test windows of the data)")
+        if future and target is not None:
+            raise ValueError("give target and time_feat, or future=True (the window after the data's last time "
+                             "step), not both")
         if nfe is not None and steps is not None:
             raise ValueError("give nfe or steps, not both")
         if target is None:
-            w = self.test_windows()
+            w = self.future_window() if future else self.test_windows()
             target, time_feat = w["target"], w["time_feat"]
         if m.prediction_length is None:  # the training windows' horizon sets the context the scale is taken over
             m.prediction_length = self.datamodule.prediction_length

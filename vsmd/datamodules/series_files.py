@@ -46,7 +46,9 @@ def load_file(path: str | Path, freq: str, prediction_length: int, test_windows:
     with _quiet():
         datasets = TrainDatasets(metadata=MetaData(freq=freq, prediction_length=prediction_length),
                                  train=ListDataset(train, freq), test=ListDataset(test, freq))
-        return group(datasets, str(file.path))
+        grouped = group(datasets, str(file.path))
+    grouped.names = [str(n) for n in names]
+    return grouped
 
 
 class SeriesFileDataModule(ForecastDataModule):
@@ -70,16 +72,18 @@ class SeriesFileDataModule(ForecastDataModule):
         n_val: fixed windows from the train split for the validation loss.
         history: past steps per window when no model says (None: 2 x prediction_length + 1).
         seed: seed of the window stream and the validation windows.
+        future: ``vsmd predict`` forecasts the ``prediction_length`` steps after the file's last row (written to
+            ``forecast.csv`` with the series' names and the future times) instead of the test windows.
     """
 
     DATA_SETTINGS = SettingsPolicy(data=("freq", "prediction_length", "test_windows", "columns", "history"),
                                    loading=("path", "time_column", "id_column", "value_column", "sep", "encoding",
-                                            "batch_size", "num_batches_per_epoch", "n_val", "seed"))
+                                            "batch_size", "num_batches_per_epoch", "n_val", "seed", "future"))
 
     def __init__(self, path: str, freq: str, prediction_length: int, test_windows: int = 1, time_column: str = "time",
                  id_column: str | None = None, value_column: str = "value", columns: list[str] | None = None,
                  sep: str = ",", encoding: str = "utf-8", batch_size: int = 64, num_batches_per_epoch: int = 100,
-                 n_val: int = 256, history: int | None = None, seed: int = 0) -> None:
+                 n_val: int = 256, history: int | None = None, seed: int = 0, future: bool = False) -> None:
         super().__init__()
         file = SeriesFile(path, sep, encoding)
         if min(prediction_length, test_windows, batch_size, num_batches_per_epoch, n_val) < 1:

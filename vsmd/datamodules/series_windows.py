@@ -77,18 +77,27 @@ class GroupedSeries:
     train: np.ndarray            # (D, T_train) float32
     test: list[np.ndarray]       # W arrays (D, T_k), increasing T_k
     time_features: np.ndarray    # (T_max, F) float32 over the longest series
+    names: list[str] | None = None  # the series' names (None: 0..D-1)
 
     @property
     def target_dim(self) -> int:
         return self.train.shape[0]
 
 
+def time_features(start, length: int, freq: str) -> np.ndarray:
+    """GluonTS's time features for ``freq`` at the ``length`` periods from ``start`` (a pandas Period): (length, F)."""
+    import pandas as pd
+    from gluonts.time_feature import time_features_from_frequency_str
+
+    with _quiet():
+        index = pd.period_range(start, periods=length, freq=start.freq)
+        return np.stack([f(index) for f in time_features_from_frequency_str(freq)], axis=1)
+
+
 def group(datasets, name: str, prediction_length: int | None = None) -> GroupedSeries:
     """Group a GluonTS ``TrainDatasets`` with ``MultivariateGrouper`` and compute its time features
     (``prediction_length``: when the metadata have none)."""
-    import pandas as pd
     from gluonts.dataset.multivariate_grouper import MultivariateGrouper
-    from gluonts.time_feature import time_features_from_frequency_str
 
     meta = datasets.metadata
     freq = {"H": "h"}.get(meta.freq, meta.freq)  # old materialised folders spell hourly "H"
@@ -102,8 +111,7 @@ def group(datasets, name: str, prediction_length: int | None = None) -> GroupedS
         test = list(MultivariateGrouper(num_test_dates=n_test // n_train, max_target_dim=n_train)(datasets.test))
         start = train[0]["start"]
         t_max = max(e["target"].shape[1] for e in test + train)
-        index = pd.period_range(start, periods=t_max, freq=start.freq)
-        feats = np.stack([f(index) for f in time_features_from_frequency_str(freq)], axis=1)
+    feats = time_features(start, t_max, freq)
     test_arrays = sorted((np.asarray(e["target"], dtype=np.float32) for e in test), key=lambda a: a.shape[1])
     return GroupedSeries(freq, pred_len, start, np.asarray(train[0]["target"], dtype=np.float32), test_arrays,
                          feats.astype(np.float32))
@@ -222,11 +230,45 @@ class ForecastDataModule(pl.LightningDataModule):
             out["forecast_start"] = [str(s.start + (arr.shape[1] - p)) for arr in s.test]
         return out
 
+    @property
+    def series_names(self) -> list[str]:
+        """The series' names (their columns or ids in a file; 0..D-1 where the data have none), after setup."""
+        return list(self.series.names or [str(j) for j in range(self.series.target_dim)])
+
+    def future_window(self) -> dict:
+        """The one window after the last time step: target (1, history, D) (the last ``history`` steps of every
+        series), time_feat (1, history + H, F), forecast_start (the first future period, a string) and times (the H
+        future periods, strings: the steps after the last at the data's frequency)."""
+        s, h, p = self.series, self.history, self.prediction_length
+        full = s.test[-1]  # the last test window holds every step (setup checked that a window fits)
+        steps = full.shape[1]
+        feats = time_features(s.start, steps + p, s.freq)[steps - h:].astype(np.float32)
+        with _quiet():
+            times = [str(s.start + (steps + k)) for k in range(p)]
+        return {"target": torch.from_numpy(np.ascontiguousarray(full[:, steps - h:].T))[None],
+                "time_feat": torch.from_numpy(feats)[None], "forecast_start": times[:1], "times": [times]}
+
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_Batches(self.test_windows(), len(self.series.test)), batch_size=None)
 
     def predict_dataloader(self) -> DataLoader:
+        """The test windows, or with the option ``future`` (``SeriesFileDataModule``) the window after the last
+        time step."""
+        if self.hparams.get("future"):
+            return DataLoader(_Batches(self.future_window(), 1), batch_size=None)
         return self.test_dataloader()
+
+
+def forecast_table(samples: np.ndarray, times: list[str], names: list[str]):
+    """One forecast's sample paths (S, H, D) as a pandas table, one row per future time and series: time, series,
+    and the mean, 5% quantile, median and 95% quantile of the paths."""
+    import pandas as pd
+
+    q05, median, q95 = np.quantile(samples, [0.05, 0.5, 0.95], axis=0)
+    steps, dim = samples.shape[1:]
+    return pd.DataFrame({"time": np.repeat(times, dim), "series": np.tile(names, steps),
+                         "mean": samples.mean(0).reshape(-1), "q05": q05.reshape(-1), "median": median.reshape(-1),
+                         "q95": q95.reshape(-1)})
 
 
 class _Batches(torch.utils.data.Dataset):

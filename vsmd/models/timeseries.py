@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vsmd.datamodules.series_windows import forecast_table
 from vsmd.datamodules.timeseries import default_lags
 from vsmd.diffusion import sample as run_sampler
 from vsmd.metrics.health import DivergedSamplesError, sample_problem, unusable_advice_for, write_json
@@ -210,7 +211,7 @@ class TimeSeriesTask:
         samples, nfe = self.forecast(batch["target"], batch["time_feat"], seed=seed, progress=self.show_progress)
         return {"samples": samples.cpu().numpy(), "history": batch["target"].cpu().numpy(),
                 "future": batch["future"].cpu().numpy() if "future" in batch else None,
-                "forecast_start": list(batch["forecast_start"]), "nfe": nfe,
+                "forecast_start": list(batch["forecast_start"]), "times": batch.get("times"), "nfe": nfe,
                 "seconds": time.perf_counter() - start}
 
     def _gather(self) -> dict[str, Any]:
@@ -218,6 +219,7 @@ class TimeSeriesTask:
         cat = {k: np.concatenate([o[k] for o in outs]) for k in ("samples", "history")}
         cat["future"] = np.concatenate([o["future"] for o in outs]) if outs[0]["future"] is not None else None
         cat["forecast_start"] = [s for o in outs for s in o["forecast_start"]]
+        cat["times"] = [t for o in outs for t in o["times"]] if outs[0]["times"] is not None else None
         cat["nfe"], cat["seconds"] = outs[0]["nfe"], sum(o["seconds"] for o in outs)
         return cat
 
@@ -227,6 +229,8 @@ class TimeSeriesTask:
                   "forecast_start": np.array(out["forecast_start"]), "freq": np.array(self.hparams.freq)}
         if out["future"] is not None:
             arrays["future"] = out["future"]
+        if out["times"] is not None:  # a forecast after the last time step: its times and the series' names
+            arrays |= {"times": np.array(out["times"]), "series": np.array(self.trainer.datamodule.series_names)}
         np.savez_compressed(path, **arrays)
         return path
 
@@ -291,9 +295,14 @@ class TimeSeriesTask:
         if problem:
             raise DivergedSamplesError(f"the forecasts are unusable: {problem}. They are in {path} for inspection. "
                                        + unusable_advice_for(self))
-        print(f"wrote {out['samples'].shape[1]} forecast paths for {len(out['samples'])} windows to {path} "
-              f"({self.hparams.sampler}, NFE {out['nfe'] // out['samples'].shape[2]} per step, {out['seconds']:.1f} s "
-              "of sampling)")
+        what = f"{len(out['samples'])} windows to {path}"
+        if out["times"] is not None:
+            table = self.run_dir() / "forecast.csv"
+            forecast_table(out["samples"][0], out["times"][0], self.trainer.datamodule.series_names).to_csv(
+                table, index=False)
+            what = f"the {len(out['times'][0])} steps from {out['times'][0][0]} to {path} and {table}"
+        print(f"wrote {out['samples'].shape[1]} forecast paths for {what} ({self.hparams.sampler}, NFE "
+              f"{out['nfe'] // out['samples'].shape[2]} per step, {out['seconds']:.1f} s of sampling)")
 
 
 class TimeSeriesVSMD(TimeSeriesTask, VSMDModule):
