@@ -223,5 +223,6 @@ def test_snapshot_csv_header_spaces_and_long_headers(tmp_path):
     assert snaps.times == [0.0, 1.0] and snaps.points[1].tolist() == [[3.0, 4.0], [4.0, 3.0]]
     (tmp_path / "w.csv").write_text(",".join(f"c{k}" for k in range(500)) + "\n" + ",".join(["1"] * 500) + "\n")
     with pytest.raises(ValueError, match=r"w\.csv: the CSV needs a header with a 'time' column \(set time_column\), "
-                                         r"got \['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', \.\.\. \(500 in all\)\]$"):
+                                         r"got \['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7', \.\.\. "
+                                         r"\(500 in all\)\]$"):
         load_snapshots(tmp_path / "w.csv")

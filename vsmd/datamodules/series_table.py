@@ -137,8 +137,8 @@ class SeriesFile:
     # ------------------------------------------------------------------------------------------------
     def column(self, table, name: str, role: str, option: str):
         if name not in table.columns:
-            raise ValueError(f"{self.path} has no {role} column {name!r} (its columns: {name_list(table.columns)}); set "
-                             f"data.init_args.{option} to one of them")
+            raise ValueError(f"{self.path} has no {role} column {name!r} (its columns: {name_list(table.columns)}); "
+                             f"set data.init_args.{option} to one of them")
         return table[name]
 
     def numeric(self, col, name: str, fix: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A user's vectors from one file: ``.npy`` (an (n, d) array), ``.npz`` (the array ``key``, or the only one), ``.csv``
-(a header line of column names, then one row per vector; spaces around a name are dropped) or ``.parquet`` (one column
-per coordinate), with an optional choice of columns. The result is an (n, d) table of real numbers; every problem is an error that names the
-file and says what to change."""
+(a header line of column names, then one row per vector; spaces around a name are dropped) or ``.parquet`` (one
+column per coordinate), with an optional choice of columns. The result is an (n, d) table of real numbers; every
+problem is an error that names the file and says what to change."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vsmd.datamodules.checks import csv_header, name_list, numeric_array, parquet_repeats, transposed_hint, unusable_values
+from vsmd.datamodules.checks import (
+    csv_header,
+    name_list,
+    numeric_array,
+    parquet_repeats,
+    transposed_hint,
+    unusable_values,
+)
 
 FORMATS = (".npy", ".npz", ".csv", ".parquet")
 OTHER_SEPARATORS = (",", ";", "\t", "|", " ")
