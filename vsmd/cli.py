@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from lightning.pytorch.plugins import CheckpointIO  # noqa: E402
 
 import vsmd.datamodules  # noqa: E402,F401  (registers the DataModules for class_path short names)
+from vsmd.allocator import keep_freed_memory  # noqa: E402
 from vsmd.checkpointing import (  # noqa: E402
     AtomicCheckpointIO,
     CheckpointError,
@@ -334,6 +335,7 @@ def main(args: list[str] | None = None, raise_errors: bool = False) -> None:
     forget_loaded()
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
     try:
+        keep_freed_memory()  # big activations reused, not mapped and zeroed again at every step (vsmd/allocator.py)
         VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                 parser_class=VSMDArgumentParser)
     except BaseException as err:
