@@ -51,6 +51,10 @@ class FileSource:
 
     def __init__(self, path: str, key: str | None, columns: list[str | int] | None, val_fraction: float,
                  standardise: bool, delimiter: str, encoding: str, seed: int) -> None:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be a fraction of the rows in (0, 1), e.g. 0.1, got {val_fraction}")
+        if not delimiter:
+            raise ValueError("delimiter must be a character, e.g. ',' or ';'")
         self.path = path
         table = load_vectors(path, key, columns, delimiter, encoding)
         self.column_names: list[str] = table.columns

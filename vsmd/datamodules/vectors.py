@@ -89,10 +89,6 @@ class VectorDataModule(VectorDataBase):
             toy = {k: TOY_DEFAULTS[k] if given[k] is None else given[k] for k in TOY_OPTIONS}
             source = ToySource(dataset, n_predict=n_predict, seed=seed, **toy)
         else:
-            if not 0 < val_fraction < 1:
-                raise ValueError(f"val_fraction must be a fraction of the rows in (0, 1), e.g. 0.1, got {val_fraction}")
-            if not delimiter:
-                raise ValueError("delimiter must be a character, e.g. ',' or ';'")
             source = FileSource(path, seed=seed, **{k: given[k] for k in FILE_OPTIONS})
         self.serve(source, batch_size, n_predict, seed)
 
