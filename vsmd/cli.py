@@ -40,7 +40,7 @@ from vsmd.runs import (  # noqa: E402
     stop_message,
     unpin_version,
 )
-from vsmd.settings import policy_for  # noqa: E402
+from vsmd.settings import policy_for, resolve  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
@@ -68,6 +68,12 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _data_view(cls: type | None, settings: dict) -> dict:
+    """A DataModule's options as its class compares them (its ``data_view``: defaults filled in), or as they are."""
+    view = getattr(cls, "data_view", None)
+    return view(settings) if view is not None else settings
+
+
 def _split(hparams: dict) -> tuple[str | None, dict]:
     h = {k: v for k, v in hparams.items() if k != "_instantiator"}
     return h.pop("_class_path", None), h
@@ -86,10 +92,14 @@ def check_same_data(ckpt_path, trained: tuple[str | None, dict], given: tuple[st
     the data (its class's ``DATA_SETTINGS``). ``trained`` and ``given`` are (class_path, init args); ``hint`` says
     what to do."""
     (data_cls, data_hparams), (given_data_cls, given_data) = trained, given
-    if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1]:
+    trained_cls, given_cls = resolve(data_cls), resolve(given_data_cls)
+    related = isinstance(trained_cls, type) and isinstance(given_cls, type) and (
+        issubclass(trained_cls, given_cls) or issubclass(given_cls, trained_cls))  # Toy2DDataModule: VectorDataModule's
+    if data_cls and given_data_cls and data_cls.rsplit(".", 1)[-1] != given_data_cls.rsplit(".", 1)[-1] and not related:
         raise CheckpointError(f"{ckpt_path} was trained on a {data_cls.rsplit('.', 1)[-1]} but the config gives a "
                               f"{given_data_cls.rsplit('.', 1)[-1]}: the checkpoint belongs to another task {hint}")
     data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
+    data_hparams, given_data = _data_view(trained_cls, data_hparams), _data_view(given_cls, given_data)
     for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
         if not _same(data_hparams[k], given_data[k]):
             raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "

@@ -1,5 +1,5 @@
-"""What every DataModule of vectors (n, d) gives a vector model (``ToyVSMD``), whether it generates its data
-(``Toy2DDataModule``) or reads them from a file (``VectorDataModule``):
+"""What the vector DataModule (``VectorDataModule``, and ``Toy2DDataModule``, its toy form) gives a vector model
+(``ToyVSMD``), whether its rows are generated (a toy) or read from a file:
 
 - ``data_dim``: the dimension d (the model's ``data_dim`` must match it);
 - ``fixed_set(split)``: the fixed real vectors (N, d) of "val", "test" and "predict" (for predict: its figure's real
@@ -20,6 +20,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+
+
+def standardised(x: Tensor, standardisation: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Vectors in the data's units -> the model's coordinates, (x - mean) / std (computed in float64, returned in x's
+    dtype); x itself for no standardisation (None)."""
+    s = standardisation
+    return x if s is None else ((x.double() - s[0].to(x.device)) / s[1].to(x.device)).to(x.dtype)
 
 
 class StreamLoader(DataLoader):
@@ -51,8 +58,7 @@ class VectorDataBase(pl.LightningDataModule):
 
     def standardised(self, x: Tensor) -> Tensor:
         """Vectors in the data's units -> the model's coordinates, (x - mean) / std (computed in float64)."""
-        s = self.standardisation
-        return x if s is None else ((x.double() - s[0].to(x.device)) / s[1].to(x.device)).to(x.dtype)
+        return standardised(x, self.standardisation)
 
     def unstandardised(self, x: Tensor) -> Tensor:
         """Vectors in the model's coordinates (e.g. generated samples) -> the data's units, x * std + mean."""
