@@ -125,12 +125,15 @@ def test_the_data_check_compares_the_two_forms_of_a_toy() -> None:
     with pytest.raises(CheckpointError, match="trained on data with dataset=None, but the config gives data "
                                               "dataset='checkerboard'"):  # a file's checkpoint from before the toys
         check_same_data("c.ckpt", (VECTORS, {"path": "x.csv", "seed": 0}), (TOY2D, old), "(hint)")
-    # a toy's options left out stand for their defaults; the seed defines the data of the new form only
+    # a toy's options left out stand for their defaults; a toy's seed draws other fixed sets from the same law, so
+    # another one may be tested (in both forms), while a file's seed decides which rows are held out
     check_same_data("c.ckpt", (VECTORS, {"dataset": "spiral"}), (VECTORS, {"dataset": "spiral", "stretch": [1, 1],
                                                                            "rotate": 0}), "(hint)")
     check_same_data("c.ckpt", (TOY2D, old), (VECTORS, new | {"seed": 5}), "(hint)")
+    check_same_data("c.ckpt", (VECTORS, new), (VECTORS, new | {"seed": 5}), "(hint)")
     with pytest.raises(CheckpointError, match="seed=0, but the config gives data seed=5"):
-        check_same_data("c.ckpt", (VECTORS, new), (VECTORS, new | {"seed": 5}), "(hint)")
+        check_same_data("c.ckpt", (VECTORS, {"path": "x.csv", "seed": 0}), (VECTORS, {"path": "x.csv", "seed": 5}),
+                        "(hint)")
     with pytest.raises(CheckpointError, match="was trained on a Toy2DDataModule but the config gives a "
                                               "TrajectoryDataModule: the checkpoint belongs to another task"):
         check_same_data("c.ckpt", (TOY2D, old), ("vsmd.datamodules.TrajectoryDataModule", {}), "(hint)")

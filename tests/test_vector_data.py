@@ -359,3 +359,17 @@ def test_a_transposed_file_gets_a_short_message_and_a_hint(tmp_path: Path) -> No
     with pytest.raises(ValueError) as err:
         load_vectors(tmp_path / "l.csv", columns=[5000])
     assert "(0..3000: 'v0', 'label', 'v1', 'v2', 'v3', 'v4', 'v5', 'v6', ... (3001 in all))" in str(err.value)
+
+
+def test_a_transposed_file_with_a_header_is_named_as_such(tmp_path):
+    """5 samples of 3000 dimensions saved the wrong way round load as 5 rows: the too-few-rows error says so."""
+    path = tmp_path / "wide.csv"
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        f.write(",".join(f"s{j}" for j in range(3000)) + "\n")
+        for row in rng.normal(size=(5, 3000)):
+            f.write(",".join(f"{v:.3f}" for v in row) + "\n")
+    with pytest.raises(ValueError, match=r"has 5 rows: val_fraction .* add rows or change val_fraction; is the file "
+                                         r"transposed\? \(one row per sample, one column per dimension: it has 5 rows "
+                                         r"and 3000 columns\)"):
+        VectorDataModule(path=str(path))

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
+from vsmd.datamodules.checks import name_list, transposed_hint
 from vsmd.datamodules.vector_base import standardised
 from vsmd.datamodules.vector_files import load_vectors
 
@@ -63,7 +64,8 @@ class FileSource:
         k = math.floor(val_fraction * n + 0.5)
         if k < 2 or n - k < 2:
             raise ValueError(f"{path} has {n} rows: val_fraction {val_fraction} holds out {k} and trains on {n - k}, "
-                             "but each needs at least 2 rows; add rows or change val_fraction")
+                             "but each needs at least 2 rows; add rows or change val_fraction"
+                             + transposed_hint(n, x.shape[1]))
         perm = np.random.default_rng(seed).permutation(n)
         self.heldout_rows, self.train_rows = np.sort(perm[:k]), np.sort(perm[k:])  # row indices in the file (from 0)
         self.standardisation = self._fit_standardisation(x[self.train_rows], path) if standardise else None
@@ -87,7 +89,7 @@ class FileSource:
             name = self.column_names[int(flat[0])]
             others = [c for j, c in enumerate(self.column_names) if std[j] > 0]
             raise ValueError(f"{path}: column {name!r} is constant ({x[0, flat[0]]:g}) over the training rows, so it "
-                             "cannot be standardised; leave it out" + (f" (columns: {others})" if others else "") +
+                             "cannot be standardised; leave it out" + (f" (columns: [{name_list(others)}])" if others else "") +
                              " or set standardise: false")
         return torch.from_numpy(mean), torch.from_numpy(std)
 
