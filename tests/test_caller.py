@@ -20,6 +20,7 @@ from vsmd.checkpointing import CheckpointError
 from vsmd.cli import main
 from vsmd.datamodules import VectorDataModule
 from vsmd.model import Model
+from vsmd.models import ToyVSMD
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden": 16, "depth": 1, "sample_steps": 5, "n_straight": 20, "straight_steps": 10}
@@ -168,3 +169,15 @@ def test_evaluate_says_which_evaluation_settings_differ(fitted, capsys) -> None:
         "vsmd: evaluating with sampler=em (the checkpoint was trained with sampler=heun)",
         "vsmd: evaluating with sample_steps=4 (the checkpoint was trained with sample_steps=5)"]
     assert model.module.hparams.sampler == "heun"
+
+
+def test_a_training_option_is_named_as_a_fit_option() -> None:
+    """The 'ei' sampler on a momentum model trained with init_velocity dsm: retrain with init_velocity hsm."""
+    with pytest.raises(ValueError, match="or train with --model.init_args.init_velocity hsm$"):
+        ToyVSMD(data_dim=2, hidden=8, depth=1, process="vsuld", init_velocity="dsm", sampler="ei")
+    model = Model(ToyVSMD(data_dim=2, hidden=8, depth=1, process="vsuld", init_velocity="dsm"))
+    with pytest.raises(ValueError, match=re.escape("""or train with vsmd.fit(..., model={"init_velocity": 'hsm'})""")):
+        model.sample(10, sampler="ei")
+    with called_from("python"):
+        assert option("trainer.max_steps", "9") == 'vsmd.fit(..., trainer={"max_steps": 9})'
+        assert option("trainer.logger.init_args.save_dir", "out") == "save_dir='out'"

@@ -62,12 +62,14 @@ def _literal(text: str) -> str:
     return text
 
 
-def option(name: str, value: object = None) -> str:
+def option(name: str, value: object = None, training: bool = False) -> str:
     """How the caller gives option ``name``, with ``value`` if given: its text as the command line shows it (a path,
     ``';'``), quoted for Python where it is no Python literal.
 
     ``name`` is the option's place in a config: ``ckpt_path``, ``data.<arg>``, ``model.<arg>`` or ``trainer.<arg>``
-    (dots for deeper ones: ``trainer.logger.init_args.save_dir``).
+    (dots for deeper ones: ``trainer.logger.init_args.save_dir``). Through the API a model option is an evaluation
+    setting of ``vsmd.evaluate``, or with ``training`` one that only a new fit changes (``vsmd.fit``), as the Trainer's
+    options are (the run folder aside: ``save_dir=`` of ``vsmd.evaluate``).
     """
     section, _, arg = name.partition(".")
     value = None if value is None else str(value)
@@ -86,6 +88,9 @@ def option(name: str, value: object = None) -> str:
     leaf = arg.rsplit(".", 1)[-1]
     if section == "data":
         return f"the DataModule's argument {leaf}={shown}"
-    if section == "model" and leaf:
+    if section == "model" and not training:
         return f"vsmd.evaluate(model, {leaf}={shown})"
-    return f"{leaf}={shown}"
+    if leaf == "save_dir":
+        return f"save_dir={shown}"
+    with called_from("fit"):
+        return f"vsmd.fit(..., {option(name, value)})"
