@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch import LightningDataModule
 
+from vsmd.caller import called_from, python_api
 from vsmd.checkpointing import CheckpointError, check_checkpoint, loaded, newest_checkpoint
 from vsmd.cli import _split, main
 from vsmd.legacy import upgrade_hparams
@@ -33,6 +34,7 @@ from vsmd.settings import resolve
 __all__ = ["Model", "evaluate", "fit", "load"]
 
 
+@python_api
 def load(path: str | Path, map_location: str | torch.device = "cpu", datamodule: LightningDataModule | None = None,
          model_class: type[PhaseSpaceModule] | None = None) -> Model:
     """The model of a checkpoint, with its data settings.
@@ -78,6 +80,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", datamodule:
     return model
 
 
+@python_api
 def evaluate(model: Model, datamodule: LightningDataModule | None = None, save_dir: str | Path | None = None,
              **settings: Any) -> dict[str, float | None]:
     """The metric bundle of ``vsmd test``: the module's ``test_step`` on the test data, run by a quiet Trainer.
@@ -105,9 +108,13 @@ def evaluate(model: Model, datamodule: LightningDataModule | None = None, save_d
         nfe = settings.pop("nfe")
         settings["sample_steps"] = model.steps_for_nfe(nfe, **settings)
     cuda = module.device.type == "cuda"
+    policy = getattr(type(module), "SETTINGS", None)
+    notes = policy.evaluation_notes(dict(module.hparams), settings) if policy is not None else []
     with contextlib.ExitStack() as stack:
         root = save_dir if save_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())
         stack.enter_context(evaluation_settings(module, settings))
+        for note in notes:  # settings other than the training run's, as vsmd test says them
+            print(note, file=sys.stderr)
         stack.enter_context(quiet_lightning())
         logger = pl.loggers.TensorBoardLogger(str(root), name="")
         trainer = pl.Trainer(accelerator="gpu" if cuda else "cpu", devices=[module.device.index or 0] if cuda else 1,
@@ -195,7 +202,7 @@ def fit(config: str | Path | Sequence[str] | None = None, *, model: Mapping[str,
     argv += _flags("", options, False)
     said = _Tee(sys.stderr)
     try:
-        with _own_argv(), contextlib.redirect_stderr(said):
+        with _own_argv(), contextlib.redirect_stderr(said), called_from("fit"):
             main(argv, raise_errors=True)
     except SystemExit as err:  # the parser's refusal (an unknown or mistyped option) exits; a call raises
         if err.code in (0, None):

@@ -33,6 +33,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from vsmd.caller import option
+
 _TMP_SUFFIX = ".vsmd-tmp"
 
 
@@ -86,7 +88,8 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike, what: 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CheckpointWriteError(err.errno, f"cannot create the folder {folder} for the {what} {path.name}: "
-                                   f"{err.strerror}; choose a writable --trainer.logger.init_args.save_dir") from None
+                                   f"{err.strerror}; choose a writable "
+                                   f"{option('trainer.logger.init_args.save_dir')}") from None
     remove_stale_temporaries(folder)
     tmp = folder / f".{path.name}.{os.getpid()}{_TMP_SUFFIX}"
     try:
@@ -106,7 +109,7 @@ def atomic_write_bytes(data: bytes | memoryview, path: str | os.PathLike, what: 
                 "with a save_dir on another disk.") from None
         if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise CheckpointWriteError(err.errno, f"cannot write the {what} {path}: {err.strerror}; choose a "
-                                       "writable --trainer.logger.init_args.save_dir") from None
+                                       f"writable {option('trainer.logger.init_args.save_dir')}") from None
         raise
     try:  # make the rename itself durable
         fd = os.open(folder, os.O_RDONLY)
@@ -187,7 +190,8 @@ def _other_checkpoints(p: Path) -> str:
     run's checkpoints/ folder: any other folder may hold checkpoints of unrelated experiments)."""
     newest = newest_checkpoint(p.parent) if p.parent.name == "checkpoints" else None
     if newest and newest[0].resolve() != p.resolve():
-        return f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as --ckpt_path"
+        return (f"the newest loadable checkpoint of that run is {newest[0]} (step {newest[1]}); pass it as "
+                f"{option('ckpt_path')}")
     return "use another checkpoint of the run (under <run>/checkpoints/)"
 
 
@@ -203,7 +207,7 @@ def check_checkpoint(path: str | os.PathLike, resume: bool = False) -> None:
         newest = newest_checkpoint(p)
         hint = (f"the newest loadable one there is {newest[0]} (step {newest[1]})" if newest
                 else "it holds no loadable checkpoint")
-        raise CheckpointError(f"--ckpt_path {p} is a folder; pass a checkpoint file: {hint}")
+        raise CheckpointError(f"{option('ckpt_path', str(p))} is a folder; pass a checkpoint file: {hint}")
     if p.parent.is_dir():
         with contextlib.suppress(OSError):  # temporary files of killed writers (a read-only folder keeps them)
             remove_stale_temporaries(p.parent)

@@ -40,7 +40,7 @@ from vsmd.runs import (  # noqa: E402
     stop_message,
     unpin_version,
 )
-from vsmd.settings import policy_for, resolve  # noqa: E402
+from vsmd.settings import policy_for, resolve, same_value  # noqa: E402
 
 _CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 UNTRAINED = "untrained"  # --ckpt_path value that asks validate/test/predict for the freshly initialised network
@@ -58,14 +58,6 @@ def _from_config(model_cls: str | None, sub: str) -> frozenset[str]:
     own = policy_for(model_cls, PhaseSpaceModule)
     every = policy_for(None, PhaseSpaceModule)
     return own.from_config(sub) | {n for n in every.from_config(sub) if own.role(n) is None}
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
 
 
 def _data_view(cls: type | None, settings: dict) -> dict:
@@ -101,7 +93,7 @@ def check_same_data(ckpt_path, trained: tuple[str | None, dict], given: tuple[st
     data_defining = set(policy_for(data_cls or given_data_cls, LightningDataModule, "DATA_SETTINGS").data)
     data_hparams, given_data = _data_view(trained_cls, data_hparams), _data_view(given_cls, given_data)
     for k in sorted(data_defining & data_hparams.keys() & given_data.keys()):
-        if not _same(data_hparams[k], given_data[k]):
+        if not same_value(data_hparams[k], given_data[k]):
             raise CheckpointError(f"{ckpt_path} was trained on data with {k}={data_hparams[k]!r}, but the config "
                                   f"gives data {k}={given_data[k]!r}; the metrics would be meaningless {hint}")
 
@@ -141,6 +133,10 @@ class VSMDCLI(LightningCLI):
         sub = self.config.get("subcommand")
         if sub:  # the saved config.yaml reproduces or resumes the run into a new version_N, never into this one
             unpin_version(self.config[sub].get("trainer") or {})
+        trained = getattr(self, "_trained", None)
+        if trained is not None:  # evaluation settings other than the training run's: said, so that numbers are
+            for note in trained[0].evaluation_notes(trained[1], dict(self.model.hparams)):  # compared knowingly
+                print(note, file=sys.stderr)
 
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
@@ -167,7 +163,7 @@ class VSMDCLI(LightningCLI):
                                   f"--trainer.max_steps larger than {step} to train on, or evaluate it with vsmd test.")
         keep = _from_config(cls or given_cls, sub)
         fixed = {k: v for k, v in hparams.items() if k not in keep}
-        differ = [k for k in sorted(fixed) if k in given and not _same(fixed[k], given[k])]
+        differ = [k for k in sorted(fixed) if k in given and not same_value(fixed[k], given[k])]
         if differ and sub == "fit":
             both = "; ".join(f"{k}: checkpoint {fixed[k]!r}, config {given[k]!r}" for k in differ)
             raise CheckpointError(f"fit --ckpt_path cannot change what the weights mean ({both}). Resume with the "
@@ -175,6 +171,8 @@ class VSMDCLI(LightningCLI):
         if differ:
             both = ", ".join(f"{k} {fixed[k]!r} (config {given[k]!r})" for k in differ)
             print(f"vsmd: from the checkpoint: {both}", file=sys.stderr)
+        if sub != "fit":  # the evaluation settings are compared once the model is built (instantiate_classes)
+            self._trained = (policy_for(cls or given_cls, PhaseSpaceModule), hparams)
         if fixed:
             self.config = self.parser.parse_object({sub: {"model": {"class_path": cls or given_cls,
                                                                     "dict_kwargs": fixed}}}, self.config)

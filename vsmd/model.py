@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
+from vsmd.caller import python_api
 from vsmd.cli import check_same_data
 from vsmd.diffusion.trajectory_sampling import resample
 from vsmd.metrics.trajectory import state_at
@@ -98,6 +99,7 @@ class Model:
 
     # ----------------------------------------------------------------------------------------------
     @property
+    @python_api
     def datamodule(self) -> LightningDataModule:
         """The data: the DataModule the checkpoint was trained with, built from its saved options on first use,
         or one you set (``model.datamodule = dm``; checked as ``vsmd test`` checks a config's data)."""
@@ -115,10 +117,12 @@ class Model:
         return self._datamodule
 
     @datamodule.setter
+    @python_api
     def datamodule(self, datamodule: LightningDataModule) -> None:
         self.check_data(datamodule)
         self._datamodule = datamodule
 
+    @python_api
     def check_data(self, datamodule: LightningDataModule) -> None:
         """Refuse data other than the model's: another DataModule class or another value of an option that defines
         the data (vsmd.cli.check_same_data, the check of ``vsmd test``)."""
@@ -148,6 +152,7 @@ class Model:
         undo = getattr(self.datamodule, "unstandardised", None) if self.data_class or self._datamodule else None
         return undo(x) if undo is not None else x
 
+    @python_api
     def steps_for_nfe(self, nfe: int, **settings: Any) -> int:
         """The grid points (``sample_steps``) at which the sampler makes exactly ``nfe`` network evaluations per sample
         (per forecast step), with the evaluation ``settings`` given (``sampler=...``; default: the model's). The count
@@ -168,6 +173,7 @@ class Model:
                 return grid_for_nfe(nfe, lambda s: m.forecast(target, feat, 1, steps=s)[1])
             return grid_for_nfe(nfe, lambda s: m.generate(1, steps=s).nfe)
 
+    @python_api
     def sample(self, n: int, sampler: str | None = None, nfe: int | None = None, steps: int | None = None,
                seed: int = 0, return_state: bool = False) -> Tensor:
         """``n`` samples with the EMA network, in the data's own coordinates.
@@ -213,6 +219,7 @@ class Model:
         finally:
             datamodule.trainer = old
 
+    @python_api
     def test_windows(self) -> dict[str, Any]:
         """The rolling test windows of a forecaster's data, as ``vsmd test`` scores them: ``target`` (W, history, D),
         ``future`` (W, H, D), ``time_feat`` (W, history + H, F), ``forecast_start`` (W period strings)."""
@@ -222,6 +229,7 @@ class Model:
             dm.setup("test")
             return dm.test_windows()
 
+    @python_api
     def future_window(self) -> dict[str, Any]:
         """The window after the data's last time step, as ``forecast(future=True)`` forecasts it: ``target``
         (1, history, D), ``time_feat`` (1, history + H, F), ``forecast_start`` (1 period string), ``times`` (the H
@@ -232,6 +240,7 @@ class Model:
             dm.setup("predict")
             return dm.future_window() | {"series": dm.series_names}
 
+    @python_api
     def forecast(self, target: Tensor | None = None, time_feat: Tensor | None = None, num_samples: int | None = None,
                  sampler: str | None = None, nfe: int | None = None, steps: int | None = None,
                  seed: int = 0, future: bool = False) -> Tensor:
@@ -269,6 +278,7 @@ class Model:
             return m.forecast(target, time_feat, num_samples, steps=steps, seed=seed)[0]
 
     # ----------------------------------------------------------------------------------------------
+    @python_api
     def trajectories(self, times: Sequence[float], n: int | None = None, x0: Tensor | None = None,
                      steps: int | None = None, seed: int = 0) -> Tensor:
         """Positions of simulated trajectories at ``times`` (in the data's time units, within the training span).

@@ -19,7 +19,9 @@ each ``__init__`` option in exactly one role (tests/test_settings.py checks that
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 ROLES = ("data", "loading", "weights", "resume", "start", "evaluation")
 
@@ -46,6 +48,13 @@ class SettingsPolicy:
     def names(self) -> list[str]:
         return [n for f in fields(self) for n in getattr(self, f.name)]
 
+    def evaluation_notes(self, trained: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+        """One line per evaluation setting whose ``given`` value differs from the ``trained`` one (the checkpoint's),
+        for ``vsmd test`` and ``vsmd.evaluate`` to print, so that numbers are compared knowingly."""
+        return [f"vsmd: evaluating with {k}={_shown(given[k])} (the checkpoint was trained with "
+                f"{k}={_shown(trained[k])})" for k in self.evaluation
+                if k in trained and k in given and not same_value(trained[k], given[k])]
+
     def from_config(self, subcommand: str | None) -> frozenset[str]:
         """The settings a subcommand takes from the config rather than from a checkpoint: the evaluation settings,
         and for ``fit`` (a resume) the training settings too."""
@@ -53,6 +62,19 @@ class SettingsPolicy:
         if subcommand == "fit":
             keep |= set(self.resume) | set(self.start)
         return frozenset(keep)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as option values: 1 and 1.0 alike, lists and tuples element by element."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
 
 
 def _all_subclasses(cls: type) -> list[type]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vsmd.caller import option
 from vsmd.datamodules.checks import name_list, numeric_array, unusable_values
 
 
@@ -174,7 +175,7 @@ def load_snapshots(path: str | Path, time_column: str = "time") -> Snapshots:
     """Read snapshots from one of the documented layouts (.npz or .csv)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"snapshot file not found: {p}; pass --data.init_args.path with an .npz or .csv file "
+        raise FileNotFoundError(f"snapshot file not found: {p}; pass {option('data.path')} with an .npz or .csv file "
                                 "(layouts: vsmd/datamodules/trajectory.py)")
     if p.suffix not in (".csv", ".npz"):
         raise ValueError(f"{p}: unknown snapshot format {p.suffix!r}; use .npz or .csv")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsmd.caller import option
 from vsmd.datamodules.series_windows import (  # noqa: F401 (GroupedSeries, check_finite, window_batch: their old home)
     ForecastDataModule,
     GroupedSeries,
@@ -165,7 +166,7 @@ def materialise(name: str, data_dir: str | Path, download: bool = True) -> None:
     existing = next((p for p in (root, *root.parents) if p.exists()), root)
     if not existing.is_dir() and existing.exists():
         raise ValueError(f"data_dir {root}: {existing} is a file, not a folder; pass the folder that holds the "
-                         "dataset (or is to hold its download), e.g. --data.init_args.data_dir data")
+                         f"dataset (or is to hold its download), e.g. {option('data.data_dir', 'data')}")
     folder, archive = root / name, root / f"{name}.tar.gz"
     if folder.exists():
         if not (folder / "metadata.json").is_file():

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from vsmd.caller import option
 from vsmd.datamodules.snapshot_files import Snapshots, check_snapshots, load_snapshots, save_snapshots
 from vsmd.settings import SettingsPolicy
 
@@ -220,9 +221,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
         whitening and the metrics would be refitted on them, and the numbers would mean nothing. The file may have
         moved (the fingerprint of its snapshots decides, not the path)."""
         if trained and self.identity and trained["sha256"] != self.identity["sha256"]:
-            raise ValueError(f"the checkpoint was trained on {trained['path']}, but --data.init_args.path "
-                             f"{self.path} holds other snapshots (their fingerprints differ); pass the file the "
-                             f"checkpoint was trained on: --data.init_args.path {trained['path']}")
+            raise ValueError(f"the checkpoint was trained on {trained['path']}, but {option('data.path', self.path)} "
+                             f"holds other snapshots (their fingerprints differ); pass the file the checkpoint was "
+                             f"trained on: {option('data.path', trained['path'])}")
 
     def transform(self, x: Tensor) -> Tensor:
         mean, proj = self._transform

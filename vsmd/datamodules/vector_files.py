@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsmd.caller import option
 from vsmd.datamodules.checks import (
     csv_header,
     name_list,
@@ -40,7 +41,7 @@ def load_vectors(path: str | Path, key: str | None = None, columns: list[str | i
     given (names or positions for tables, positions for arrays); ``delimiter`` and ``encoding`` are the CSV's."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"vector file not found: {p}; pass --data.init_args.path with a "
+        raise FileNotFoundError(f"vector file not found: {p}; pass {option('data.path')} with a "
                                 f"{', '.join(FORMATS)} file")
     suffix = p.suffix.lower()
     if suffix not in FORMATS:
@@ -93,7 +94,7 @@ def _read_npz(p: Path, key: str | None) -> np.ndarray:
         if key is None:
             if len(names) != 1:
                 raise ValueError(f"{p} holds {len(names)} arrays ({', '.join(names) or 'none'}); choose one with "
-                                 f"key (e.g. --data.init_args.key {names[0] if names else 'x'})")
+                                 f"key (e.g. {option('data.key', names[0] if names else 'x')})")
             key = names[0]
         elif key not in names:
             raise ValueError(f"{p} has no array {key!r}; its arrays are {', '.join(names) or 'none'}: set key to one "
@@ -145,8 +146,8 @@ def _read_csv(p: Path, delimiter: str, encoding: str):
         frame = pd.read_csv(p, sep=delimiter, encoding=encoding, float_precision="round_trip")  # exact numbers
     except UnicodeDecodeError as err:
         raise ValueError(f"{p} is not {encoding} text (byte {err.object[err.start:err.start + 1]!r} at position "
-                         f"{err.start}); save it as UTF-8, or set its encoding (e.g. --data.init_args.encoding "
-                         "latin-1)") from None
+                         f"{err.start}); save it as UTF-8, or set its encoding (e.g. "
+                         f"{option('data.encoding', 'latin-1')})") from None
     except LookupError:
         raise ValueError(f"{p}: unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
     except pd.errors.EmptyDataError:
@@ -163,7 +164,7 @@ def _read_csv(p: Path, delimiter: str, encoding: str):
         seen = [s for s in OTHER_SEPARATORS if s != delimiter and s in names[0]]
         if seen:
             raise ValueError(f"{p} reads as a single column {names[0]!r} with delimiter {delimiter!r}, but its "
-                             f"header holds {seen[0]!r}: set --data.init_args.delimiter {seen[0]!r} (in YAML: "
+                             f"header holds {seen[0]!r}: set {option('data.delimiter', repr(seen[0]))} (in YAML: "
                              f"delimiter: {seen[0]!r})")
     if all(_is_number(n) for n in names):
         first = delimiter.join(names[:8]) + (f"{delimiter}... ({len(names)} in all)" if len(names) > 8 else "")

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from vsmd.caller import option
+
 EXPLODED = 1e3  # samples farther than this many data scales from 0 count as exploded
 
 
@@ -67,9 +69,9 @@ def unusable_advice(trained_steps: int, sampler: str, sample_steps: int, adaptiv
                       "the data)")
     causes.append(f"an undertrained network (this checkpoint saw {trained_steps} training steps; the sampler "
                   "follows what the network learned, and a barely trained one carries the samples far out of the "
-                  "data's range whatever the sampler: train for more --trainer.max_steps)")
+                  f"data's range whatever the sampler: train for more {option('trainer.max_steps')})")
     causes.append(f"too few sampler steps ({sampler} with {sample_steps} grid points: raise "
-                  "--model.init_args.sample_steps)")
+                  f"{option('model.sample_steps')})")
     fix = "a lower lr or sa_lr (A is learned here)" if adaptive else "a lower lr"
     causes.append(f"training that diverged (use an earlier checkpoint, or train with {fix})")
     return "Likely causes: " + "; ".join(causes) + "."

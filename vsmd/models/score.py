@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from vsmd.caller import option
 from vsmd.diffusion import VariationalScoreSA, make_process
 from vsmd.diffusion.grids import check_t_stop
 from vsmd.diffusion.process import MOMENTUM
@@ -20,9 +21,12 @@ from vsmd.models.options import ProcessOptions, SAOptions, SamplingOptions, Trai
 from vsmd.models.sa_stages import SAStages
 from vsmd.settings import SettingsPolicy
 
-NO_DATA_ESTIMATE = ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum "
-                    "model trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without "
-                    "t_stop, or train with --model.init_args.init_velocity hsm")
+
+def no_data_estimate() -> str:
+    """Why ei and t_stop are refused for a momentum model trained with init_velocity dsm, and what to change."""
+    return ("the 'ei' sampler and t_stop need the data estimate of the marginal kernel, which a momentum model "
+            "trained with init_velocity 'dsm' does not have; use sampler heun, em or sscs without t_stop, or train "
+            f"with {option('model.init_velocity', 'hsm', training=True)}")
 
 
 class VSMDModule(GenerativeModule):
@@ -149,7 +153,7 @@ class VSMDModule(GenerativeModule):
         if parametrisation == "eps" and init_velocity != "hsm" and momentum:
             raise ValueError("parametrisation 'eps' needs init_velocity 'hsm'")
         if momentum and init_velocity != "hsm" and (sampler == "ei" or t_stop is not None):
-            raise ValueError(NO_DATA_ESTIMATE)  # before training, not at test
+            raise ValueError(no_data_estimate())  # before training, not at test
         check_t_stop(t_stop, t_eps, 1.0)
         self.save_hyperparameters()
         path = make_process(process, self.data_shape(), **proc.diffusion())
@@ -213,7 +217,7 @@ class VSMDModule(GenerativeModule):
         opts = super().sampler_options(net, cond, sampler)
         if (sampler or self.hparams.sampler) == "ei" or opts["t_stop"] is not None:
             if self.process.momentum and self.hparams.get("init_velocity", "hsm") != "hsm":
-                raise ValueError(NO_DATA_ESTIMATE)
+                raise ValueError(no_data_estimate())
             opts["denoise_fn"] = lambda a, t: self.denoise(a, t, net, cond)
         return opts
 

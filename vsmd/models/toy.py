@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor, nn
 
+from vsmd.caller import option
 from vsmd.diffusion.grids import check_t_stop
 from vsmd.metrics import DivergedSamplesError, sample_problem, straightness, vector_metrics, write_json
 from vsmd.metrics.health import unusable_advice_for
@@ -109,9 +110,10 @@ class ToyTask:
         self._column_names = list(names) if names is not None else None
         trained = self._data_identity
         if identity is not None and trained is not None and identity["sha256"] != trained["sha256"]:
-            raise ValueError(f"the checkpoint was trained on {trained['path']}, but --data.init_args.path "
-                             f"{identity['path']} holds other vectors (their fingerprints differ); pass the file the "
-                             f"checkpoint was trained on: --data.init_args.path {trained['path']}")
+            raise ValueError(f"the checkpoint was trained on {trained['path']}, but "
+                             f"{option('data.path', identity['path'])} holds other vectors (their fingerprints "
+                             f"differ); pass the file the checkpoint was trained on: "
+                             f"{option('data.path', trained['path'])}")
         if identity is not None and trained is None:
             self._data_identity = {"path": str(identity["path"]), "sha256": str(identity["sha256"])}
         mine = self.standardisation
