@@ -13,7 +13,9 @@ exact OT plan on the two batches, pairs drawn from it) and, as vsmd does, regres
 uniform over [t_0, t_K] (so the interval over the held-out snapshot gets its share by length), with u = (x1 - x0) /
 gap; plain mean squared error (vsmd also weights by h / (h + 0.02 gap), a weight of t alone). Both end at the same
 step count and are scored by the same code: ``trainer.test`` on vsmd's module, then on the same module with the
-peer's weights loaded (W1 at the held-out snapshot, exact, 5 whitened PCs). One process, 1 thread.
+peer's weights loaded (W1 at the held-out snapshot, exact, 5 whitened PCs). A third loop, timed in the same rotation,
+runs vsmd's own loss (vsmd.diffusion.trajectory.ot_chain and the module's objective) in the same bare loop: what
+vsmd's step costs without Lightning, so the table separates the loss from the trainer. One process, 1 thread.
 
 **AGM sampler at NFE 10** (``--agm PATH``, the root of a checkout of apple/ml-agm): time to draw ``--agm-samples``
 samples (prior draw included) with their gDDIM sampler (probODE, their toy settings from configs/toy_config.py and
@@ -117,11 +119,12 @@ def _forget(root: Path, shims: tuple[str, ...], before: set[str]) -> None:
             del sys.modules[name]
 
 
-class PeerLoop:
-    """The peer's training step: torchcfm's matcher on each pair of consecutive training snapshots (see the module
-    docstring), with a copy of vsmd's network, AdamW, clipping and a warm-up EMA."""
+class BareLoop:
+    """A training step without Lightning on a copy of vsmd's network: AdamW at the config's lr, clipping and a warm-up
+    EMA (as vsmd's bridge); ``loss`` is the subclass's. Batches: ``batch`` points of each training snapshot, drawn with
+    replacement (as vsmd's DataModule draws them)."""
 
-    def __init__(self, module, points: list[torch.Tensor], matcher_cls, batch: int, clip: float | None) -> None:
+    def __init__(self, module, points: list[torch.Tensor], batch: int, clip: float | None) -> None:
         h = module.hparams
         self.net = copy.deepcopy(module.net)
         self.params = list(self.net.parameters())
@@ -129,20 +132,12 @@ class PeerLoop:
         self.n_avg, self.decay, self.clip, self.batch = 0, float(h.ema_decay), clip, batch
         self.opt = torch.optim.AdamW(self.params, lr=h.lr, weight_decay=h.weight_decay)
         self.points = points
-        self.pins = torch.tensor(module.pins, dtype=torch.float32)
-        self.gaps = self.pins[1:] - self.pins[:-1]
-        self.fm = matcher_cls(sigma=float(h.sigma_min))
+
+    def draw(self) -> list[torch.Tensor]:
+        return [p[torch.randint(len(p), (self.batch,))] for p in self.points]
 
     def loss(self) -> torch.Tensor:
-        xs = [p[torch.randint(len(p), (self.batch,))] for p in self.points]
-        outs = [self.fm.sample_location_and_conditional_flow(a, b) for a, b in zip(xs[:-1], xs[1:])]
-        tau, xt, ut = (torch.stack(z) for z in zip(*outs))  # (K, B), (K, B, d), (K, B, d)
-        k = torch.multinomial(self.gaps, self.batch, replacement=True)  # the interval of each row, by length
-        rows = torch.arange(self.batch)
-        t = self.pins[k] + tau[k, rows] * self.gaps[k]
-        c = 999.0 * (t - self.pins[0]) / (self.pins[-1] - self.pins[0])  # vsmd's network time input
-        u = ut[k, rows] / self.gaps[k][:, None]
-        return (self.net(xt[k, rows], c) - u).pow(2).sum(1).mean()
+        raise NotImplementedError
 
     def step(self) -> None:
         loss = self.loss()
@@ -163,28 +158,67 @@ class PeerLoop:
         return time.perf_counter() - start
 
 
+class VsmdBareLoop(BareLoop):
+    """vsmd's own loss (OT chains by vsmd.diffusion.trajectory.ot_chain, then the module's bridge-matching objective)
+    in the bare loop: what vsmd's step costs without Lightning, logging and checkpoints."""
+
+    def __init__(self, module, points: list[torch.Tensor], batch: int, clip: float | None) -> None:
+        super().__init__(module, points, batch, clip)
+        self.objective = module.objective
+
+    def loss(self) -> torch.Tensor:
+        from vsmd.diffusion.trajectory import ot_chain
+
+        return self.objective(ot_chain(self.draw()), {"forward": self.net}, ("forward",))[0]
+
+
+class PeerLoop(BareLoop):
+    """The peer's training step: torchcfm's matcher on each pair of consecutive training snapshots (see the module
+    docstring) in the bare loop."""
+
+    def __init__(self, module, points: list[torch.Tensor], matcher_cls, batch: int, clip: float | None) -> None:
+        super().__init__(module, points, batch, clip)
+        self.pins = torch.tensor(module.pins, dtype=torch.float32)
+        self.gaps = self.pins[1:] - self.pins[:-1]
+        self.fm = matcher_cls(sigma=float(module.hparams.sigma_min))
+
+    def loss(self) -> torch.Tensor:
+        xs = self.draw()
+        outs = [self.fm.sample_location_and_conditional_flow(a, b) for a, b in zip(xs[:-1], xs[1:])]
+        tau, xt, ut = (torch.stack(z) for z in zip(*outs))  # (K, B), (K, B, d), (K, B, d)
+        k = torch.multinomial(self.gaps, self.batch, replacement=True)  # the interval of each row, by length
+        rows = torch.arange(self.batch)
+        t = self.pins[k] + tau[k, rows] * self.gaps[k]
+        c = 999.0 * (t - self.pins[0]) / (self.pins[-1] - self.pins[0])  # vsmd's network time input
+        u = ut[k, rows] / self.gaps[k][:, None]
+        return (self.net(xt[k, rows], c) - u).pow(2).sum(1).mean()
+
+
 def _interleave_class():
     from lightning.pytorch import Callback
 
     class Interleave(Callback):
-        """Times vsmd in blocks of ``block`` steps; after each, ``block`` steps of the peer (when there is one)."""
+        """Times vsmd in blocks of ``block`` steps; after each, ``block`` steps of vsmd's loss in the bare loop, then
+        (when there is one) ``block`` steps of the peer."""
 
         def __init__(self, block: int, matcher_cls) -> None:
             self.block, self.matcher_cls = block, matcher_cls
-            self.vsmd, self.peer_t, self.peer, self.t0 = [], [], None, 0.0
+            self.vsmd, self.bare_t, self.peer_t, self.bare, self.peer, self.t0 = [], [], [], None, None, 0.0
 
         def on_train_start(self, trainer, pl_module) -> None:
+            dm = trainer.datamodule
+            snaps = dm.snapshots("train")
+            points, clip = [snaps.points[i] for i in dm.train_indices], trainer.gradient_clip_val
+            self.bare = VsmdBareLoop(pl_module, points, dm.batch_size, clip)
             if self.matcher_cls is not None:
-                dm = trainer.datamodule
-                snaps = dm.snapshots("train")
-                self.peer = PeerLoop(pl_module, [snaps.points[i] for i in dm.train_indices], self.matcher_cls,
-                                     dm.batch_size, trainer.gradient_clip_val)
+                self.peer = PeerLoop(pl_module, points, self.matcher_cls, dm.batch_size, clip)
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if trainer.global_step % self.block:
                 return
             self.vsmd.append(time.perf_counter() - self.t0)
+            self.bare_t.append(self.bare.run(self.block))
             if self.peer is not None:
                 self.peer_t.append(self.peer.run(self.block))
             self.t0 = time.perf_counter()
@@ -229,7 +263,9 @@ def run_otcfm(seed: int, steps: int, block: int, matcher_cls, scratch: Path, dat
     model, dm = cli.model, cli.datamodule
     out = {"seed": seed, "steps": model.global_step, "block": block, "vsmd_blocks_s": cb.vsmd,
            "vsmd_ms_median": 1e3 * statistics.median(cb.vsmd[1:] or cb.vsmd) / block,
-           "vsmd_ms_whole": 1e3 * sum(cb.vsmd) / (block * len(cb.vsmd)), "vsmd": _held_out_w1(cli.trainer, model, dm)}
+           "vsmd_ms_whole": 1e3 * sum(cb.vsmd) / (block * len(cb.vsmd)), "bare_blocks_s": cb.bare_t,
+           "bare_ms_median": 1e3 * statistics.median(cb.bare_t[1:] or cb.bare_t) / block,
+           "vsmd": _held_out_w1(cli.trainer, model, dm)}
     if cb.peer is not None:
         with torch.no_grad():
             model.net.load_state_dict(cb.peer.net.state_dict())
@@ -240,6 +276,7 @@ def run_otcfm(seed: int, steps: int, block: int, matcher_cls, scratch: Path, dat
                 "peer_ms_whole": 1e3 * sum(cb.peer_t) / (block * len(cb.peer_t)),
                 "peer": _held_out_w1(cli.trainer, model, dm)}
         out["ratio_median"] = out["vsmd_ms_median"] / out["peer_ms_median"]
+        out["bare_ratio_median"] = out["bare_ms_median"] / out["peer_ms_median"]
     return out
 
 
@@ -378,12 +415,12 @@ def agm_rows(root: Path | None, n: int, nfe: int, reps: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-def _mean_sd(vals: list[float]) -> str:
+def _mean_sd(vals: list[float], digits: int = 3) -> str:
     if not vals:
         return "-"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
 def report(meta: dict, otcfm: list[dict] | None, agm: dict | None) -> str:
@@ -396,30 +433,38 @@ def report(meta: dict, otcfm: list[dict] | None, agm: dict | None) -> str:
         lines += ["## OT-CFM on the EB subset: torchcfm's matcher against vsmd's OT-CFM", "",
                   f"Peer: {peer['repo']} at {peer['head']}, from `{peer['path']}`"
                   if peer else "Peer: not run (no --torchcfm); the vsmd side alone.", "",
-                  "vsmd: `vsmd fit --config configs/eb.yaml " + " ".join(OTCFM) + "` (Lightning, the config's "
-                  "checkpoints every 1000 steps included). Peer: a bare loop around the peer's matcher with a copy of "
-                  "vsmd's network (benchmarks/peers.py's docstring). Blocks alternate in one process, 1 thread; "
-                  "ms/step: the median block. W1 and MMD at the held-out snapshot (t2), exact, by vsmd's test code "
-                  "for both; the README's floor for W1 there: 0.89 (two halves of t2).", "",
-                  "| seed | steps (each) | vsmd ms/step | torchcfm ms/step | vsmd / torchcfm | vsmd W1 | torchcfm W1 "
-                  "| vsmd MMD | torchcfm MMD |", "|---|---|---|---|---|---|---|---|---|"]
+                  "vsmd fit: `vsmd fit --config configs/eb.yaml " + " ".join(OTCFM) + "` (Lightning, the config's "
+                  "checkpoints every 1000 steps included). vsmd bare: vsmd's loss (its OT chains and objective) in a "
+                  "loop without Lightning. torchcfm: the same bare loop around the peer's matcher (benchmarks/peers.py"
+                  "'s docstring). Both bare loops train copies of vsmd's network (same initial weights) with the same "
+                  "optimiser, clipping and EMA. The three alternate in blocks in one process, 1 thread; ms/step: the "
+                  "median block. W1 and MMD at the held-out snapshot (t2) of the vsmd fit and of the torchcfm loop, "
+                  "exact, by vsmd's test code for both; the README's floor for W1 there: 0.89 (two halves of t2).",
+                  "",
+                  "| seed | steps (each) | vsmd fit ms/step | vsmd bare ms/step | torchcfm ms/step | fit / torchcfm "
+                  "| bare / torchcfm | vsmd W1 | torchcfm W1 | vsmd MMD | torchcfm MMD |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in otcfm:
             if "error" in r:
-                lines.append(f"| {r['seed']} | error: {r['error']} |" + " |" * 7)
+                lines.append(f"| {r['seed']} | error: {r['error']} |" + " |" * 9)
                 continue
             p = r.get("peer")
-            lines.append(f"| {r['seed']} | {r['steps']} | {r['vsmd_ms_median']:.2f} | "
-                         f"{r['peer_ms_median']:.2f} | {r['ratio_median']:.2f} | " if p else
-                         f"| {r['seed']} | {r['steps']} | {r['vsmd_ms_median']:.2f} | not run | - | ")
+            lines.append(f"| {r['seed']} | {r['steps']} | {r['vsmd_ms_median']:.2f} | {r['bare_ms_median']:.2f} | "
+                         + (f"{r['peer_ms_median']:.2f} | {r['ratio_median']:.2f} | {r['bare_ratio_median']:.2f} | "
+                            if p else "not run | - | - | "))
             lines[-1] += (f"{r['vsmd']['w1']:.3f} | {p['w1']:.3f} | {r['vsmd']['mmd']:.4f} | {p['mmd']:.4f} |" if p
                           else f"{r['vsmd']['w1']:.3f} | not run | {r['vsmd']['mmd']:.4f} | not run |")
         ok = [r for r in otcfm if "error" not in r]
         if len(ok) > 1:
             both = [r for r in ok if r.get("peer")]
-            lines.append(f"| mean ± sd | - | {_mean_sd([r['vsmd_ms_median'] for r in ok])} | "
-                         f"{_mean_sd([r['peer_ms_median'] for r in both])} | "
-                         f"{_mean_sd([r['ratio_median'] for r in both])} | {_mean_sd([r['vsmd']['w1'] for r in ok])} | "
-                         f"{_mean_sd([r['peer']['w1'] for r in both])} | - | - |")
+            lines.append(f"| mean ± sd | - | {_mean_sd([r['vsmd_ms_median'] for r in ok], 1)} | "
+                         f"{_mean_sd([r['bare_ms_median'] for r in ok], 1)} | "
+                         f"{_mean_sd([r['peer_ms_median'] for r in both], 1)} | "
+                         f"{_mean_sd([r['ratio_median'] for r in both], 2)} | "
+                         f"{_mean_sd([r['bare_ratio_median'] for r in both], 2)} | "
+                         f"{_mean_sd([r['vsmd']['w1'] for r in ok])} | {_mean_sd([r['peer']['w1'] for r in both])} | "
+                         f"{_mean_sd([r['vsmd']['mmd'] for r in ok], 4)} | "
+                         f"{_mean_sd([r['peer']['mmd'] for r in both], 4)} |")
         lines += [""] + ([f"Nothing moves (the t1 cells at t2): W1 {ok[0]['vsmd']['baseline_w1']:.3f}.", ""]
                          if ok else [])
     if agm is not None:

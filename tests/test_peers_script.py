@@ -49,14 +49,15 @@ def test_vsmd_sides_without_the_peers(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "peers.json").read_text())
     (row,) = report["otcfm"]
     assert "error" not in row, row.get("error")
-    assert row["steps"] == 4 and len(row["vsmd_blocks_s"]) == 2 and "peer" not in row
+    assert row["steps"] == 4 and len(row["vsmd_blocks_s"]) == len(row["bare_blocks_s"]) == 2 and "peer" not in row
+    assert row["bare_ms_median"] > 0
     assert row["vsmd"]["w1"] > 0 and row["vsmd"]["baseline_w1"] > 0
     (agm,) = report["agm"]["rows"]
     assert agm["variant"].startswith("vsmd ei sampler") and agm["params"] > 0 and len(agm["seconds"]) == 1
     assert report["meta"]["patches"] == [] and "torchcfm" not in report["meta"]
     md = (tmp_path / "out" / "peers.md").read_text()
     header, rows = _table(md, "| seed |")
-    assert header.count("|") == 10 and len(rows) == 1 and rows[0].count("|") == 10 and "not run" in rows[0]
+    assert header.count("|") == 12 and len(rows) == 1 and rows[0].count("|") == 12 and "not run" in rows[0]
     header, rows = _table(md, "| sampler, network |")
     assert header.count("|") == 5 and len(rows) == 1 and rows[0].count("|") == 5
     assert "Peer: not run (no --torchcfm)" in md and "Peer: not run (no --agm)" in md and "test run" in md
@@ -91,7 +92,7 @@ def test_the_whole_comparison_against_the_peers_checkouts(tmp_path: Path) -> Non
     assert report["agm"]["agm_network_calls"] == 10 and len(report["agm"]["rows"]) == 4
     md = (tmp_path / "out" / "peers.md").read_text()
     _, rows = _table(md, "| seed |")
-    assert len(rows) == 1 and "not run" not in rows[0] and rows[0].count("|") == 10
+    assert len(rows) == 1 and "not run" not in rows[0] and rows[0].count("|") == 12
     _, rows = _table(md, "| sampler, network |")
     assert [r.split(" | ")[0] for r in rows] == [
         "| vsmd ei sampler, vsmd's toy net (the config's)", "| ml-agm gDDIM sampler, their toy net (ResNet)",
