@@ -4,6 +4,7 @@ computed once per grid, is exactly the coefficients at those levels."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vsmd.diffusion.agm import AGMProcess
@@ -38,3 +39,57 @@ def test_agm_table_is_computed_once_per_grid_and_equals_the_coefficients() -> No
     assert first.keys() == want.keys() and all(torch.equal(first[k], want[k]) for k in want)
     other = torch.linspace(path.t_eps, path.t_max, 10)
     assert all(torch.equal(path.table(other)[k], path.coefficients(other)[k]) for k in want)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Trajectory bridges: the minibatch OT chains are made by the DataLoader (its worker processes), not in the step.
+def _stream(workers: int, pair=None, until=None, position: int = 0, n: int = 6) -> list:
+    from vsmd.datamodules.trajectory import TrajectoryDataModule
+
+    dm = TrajectoryDataModule("petal", n_per_snapshot=200, batch_size=48, seed=3, num_workers=workers)
+    dm.set_pairing(pair, until)
+    loader = dm.train_dataloader()
+    loader.load_state_dict({"position": position})
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_the_loaders_ot_chains_are_the_steps_chains_for_any_number_of_workers() -> None:
+    from vsmd.diffusion.trajectory import ot_chain
+
+    raw = _stream(0, n=7)
+    want = [ot_chain(b) for b in raw]
+    for workers in (0, 1, 2):
+        got = _stream(workers, ot_chain)
+        assert all(torch.equal(a, b) for a, b in zip(got, want[:6])), workers
+    resumed = _stream(2, ot_chain, position=4, n=3)  # a resumed stream: batch 4 first, in either worker count
+    assert all(torch.equal(a, b) for a, b in zip(resumed, want[4:]))
+    staged = _stream(1, ot_chain, until=3)  # stage models: only stage 0's batches are paired
+    assert all(torch.equal(s, w) for s, w in zip(staged[:3], want[:3]))
+    assert all(isinstance(s, list) and all(torch.equal(x, y) for x, y in zip(s, r))
+               for s, r in zip(staged[3:], raw[3:6]))
+
+
+def test_a_bridge_fit_is_bit_identical_with_and_without_loader_workers(tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    from vsmd.datamodules.trajectory import TrajectoryDataModule
+    from vsmd.models import TrajectoryBridge
+
+    states = []
+    for workers in (0, 1):
+        torch.manual_seed(0)
+        model = TrajectoryBridge(hidden=16, depth=1, sample_steps=10)
+        dm = TrajectoryDataModule("petal", n_per_snapshot=100, batch_size=32, num_workers=workers)
+        pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path).fit(model, datamodule=dm)
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_negative_number_of_loader_workers_is_refused() -> None:
+    from vsmd.datamodules.trajectory import TrajectoryDataModule
+
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        TrajectoryDataModule("petal", num_workers=-1)

@@ -142,6 +142,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
         units.check_noise(self.reference, data_sd, self.hparams.sigma, self.time_exponent)
         stages_lib.check_schedule(self.hparams.stages, self.hparams.stage_steps, self.trainer.max_steps)
+        if hasattr(dm, "set_pairing"):  # the OT chains of stage 0's batches are made by the loader (its workers)
+            dm.set_pairing(ot_chain, self.hparams.stage_steps if self.hparams.stages > 0 else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
@@ -222,7 +224,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             gen = stages_lib.step_generator(self.hparams.seed, self.global_step)
             stage = self.stage_at(self.global_step)
             if stage > 0:
-                batch = sampling.resample(self.pool, len(batch[0]), gen)
+                batch = sampling.resample(self.pool, len(batch[0]) if isinstance(batch, list) else len(batch), gen)
             loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
         else:
             loss, parts = self.loss(batch)
