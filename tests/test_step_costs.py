@@ -93,3 +93,21 @@ def test_a_negative_number_of_loader_workers_is_refused() -> None:
 
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         TrajectoryDataModule("petal", num_workers=-1)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_update_ema_is_averaged_models_update_bit_for_bit(warmup) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(MLPScoreNet(2, 2, hidden=16, depth=2), torch.nn.BatchNorm1d(4))  # buffers too
+    ours, theirs = ema_lib.make_ema(net, 0.9, warmup=warmup), ema_lib.make_ema(net, 0.9, warmup=warmup)
+    for _ in range(25):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+            net[1].running_mean.add_(torch.randn(4))
+        ema_lib.update_ema([(net, ours), (None, None)])
+        theirs.update_parameters(net)
+    assert int(ours.n_averaged) == int(theirs.n_averaged) == 25
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert not torch.equal(ours.module[0].inp.weight, net[0].inp.weight)
