@@ -4,6 +4,8 @@ computed once per grid, is exactly the coefficients at those levels."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -111,3 +113,34 @@ def test_update_ema_is_averaged_models_update_bit_for_bit(warmup) -> None:
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items())
     assert not torch.equal(ours.module[0].inp.weight, net[0].inp.weight)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training values are logged only at the steps the logger writes: the same values at the same steps.
+def _logged(tmp_path, every_step: bool, log_every: int, steps: int = 10) -> list[tuple[int, str]]:
+    import csv
+
+    import lightning.pytorch as pl
+
+    from vsmd.datamodules import Toy2DDataModule
+    from vsmd.models import ToyVSMD
+
+    class EveryStep(ToyVSMD):  # what the training step did before: self.log at every step
+        def log_train_step(self, values, prog_bar="train/loss"):
+            for key, value in values.items():
+                self.log(key, value, prog_bar=key == prog_bar, on_step=True, on_epoch=False)
+
+    torch.manual_seed(0)
+    model = (EveryStep if every_step else ToyVSMD)(hidden=16, depth=1, sa_every=1000)
+    logger = pl.loggers.CSVLogger(tmp_path, name=f"{every_step}_{log_every}")
+    pl.Trainer(max_steps=steps, logger=logger, log_every_n_steps=log_every, enable_checkpointing=False,
+               enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False).fit(
+        model, datamodule=Toy2DDataModule(batch_size=32))
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        return [(int(r["step"]), r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_training_loss_is_logged_at_the_logger_steps_with_the_values_of_every_step_logging(tmp_path, log_every):
+    ours, before = _logged(tmp_path, False, log_every), _logged(tmp_path, True, log_every)
+    assert ours == before and len(ours) == 10 // log_every

@@ -233,8 +233,7 @@ class TrajectoryBridge(PhaseSpaceModule):
                 "the saved checkpoints are untouched: resume from the newest with a lower lr."
                 if self._checkpoint_exists() else "no checkpoint was written yet, so there is nothing to resume: "
                 "start the fit again with a lower lr."))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False)
+        self.log_train_step({"train/loss": loss} | {f"train/{k}": v for k, v in parts.items()})
         return loss
 
     def _nets(self) -> list[tuple[torch.nn.Module, Any]]:
