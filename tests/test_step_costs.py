@@ -1,6 +1,8 @@
 """Per-step costs removed for issue 26 keep their numbers: the warm-up EMA's foreach update is exactly the per-tensor
-formula averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n))), and AGM's coefficient table, now
-computed once per grid, is exactly the coefficients at those levels."""
+formula averaged + (current - averaged) * (1 - min(decay, (1 + n) / (10 + n))); AGM's coefficient table, now
+computed once per grid, is exactly the coefficients at those levels; the EMA update without AveragedModel's walk is
+its update bit for bit; the trajectory bridge's OT chains made in the DataLoader's workers are the chains the step
+made; training values logged only at the logger's steps are the values every-step logging wrote there."""
 
 from __future__ import annotations
 
