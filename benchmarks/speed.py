@@ -153,7 +153,10 @@ class Floor:
         self.ema = [p.detach().clone() for p in params] if h.ema_decay > 0 else None
         warmup = row.kind == "trajectory" or bool(h.get("ema_warmup", False))  # the bridge's EMA always warms up
         self.decay, self.warmup, self.n_avg = float(h.ema_decay), warmup, 0
-        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0))
+        # vsmd's AdamW is foreach (GenerativeModule, TrajectoryBridge; the images' module keeps torch's default): so
+        # is the floor's, so that the ratio is vsmd's overhead, not the optimiser's implementation
+        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0),
+                                     foreach=True if row.kind != "image" else None)
         self.sched = None
         if row.kind == "image":  # vsmd's images use a LambdaLR (warmup, decay): the same per-step call
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)

@@ -146,3 +146,32 @@ def _logged(tmp_path, every_step: bool, log_every: int, steps: int = 10) -> list
 def test_training_loss_is_logged_at_the_logger_steps_with_the_values_of_every_step_logging(tmp_path, log_every):
     ours, before = _logged(tmp_path, False, log_every), _logged(tmp_path, True, log_every)
     assert ours == before and len(ours) == 10 // log_every
+
+
+def test_foreach_adamw_is_the_per_parameter_adamw_bit_for_bit() -> None:
+    """vsmd's AdamW runs foreach (one call per operation over all parameters, the default on GPUs): on CPU, with
+    weight decay and clipping, the weights are those of the per-parameter loop, bit for bit."""
+    import copy
+
+    torch.manual_seed(0)
+    nets = [MLPScoreNet(2, 2, hidden=32, depth=2)]
+    nets.append(copy.deepcopy(nets[0]))
+    opts = [torch.optim.AdamW(nets[0].parameters(), lr=1e-2, weight_decay=0.01, foreach=False),
+            torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.01, foreach=True)]
+    for _ in range(30):
+        x, t = torch.randn(64, 4), torch.rand(64)
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x, 999 * t).pow(2).mean().backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert not torch.equal(nets[0].inp.weight, MLPScoreNet(2, 2, hidden=32, depth=2).inp.weight)
+
+
+def test_the_modules_optimisers_are_foreach() -> None:
+    from vsmd.models import ToyVSMD, TrajectoryBridge
+
+    for module in (ToyVSMD(hidden=16, depth=1), TrajectoryBridge(hidden=16, depth=1)):
+        opt = module.configure_optimizers()
+        assert isinstance(opt, torch.optim.AdamW) and opt.defaults["foreach"] is True

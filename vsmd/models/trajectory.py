@@ -241,7 +241,8 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def configure_optimizers(self):
         params = [p for net, _ in self._nets() for p in net.parameters()]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                 foreach=True)  # one call per operation over all parameters (the same numbers)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
