@@ -14,8 +14,9 @@ the same batch shape, loss, AdamW, gradient clipping and EMA, with no Lightning 
   This floor has no OT pairing and no bridge sampling: that is the work it separates out. A second floor, "floor +
   pairing", runs in its own blocks: the same replay plus, every step, the minibatch OT chain of a fresh batch (one
   batch per snapshot, the row's batch size) done with POT directly in the loop (``ot.dist`` and ``ot.emd`` between
-  consecutive snapshots), as a bare script would pair; vsmd pairs in its DataLoader's worker processes
-  (``--data.init_args.num_workers``), so it can be faster than this floor.
+  consecutive snapshots), as a bare script would pair; vsmd pairs in its DataLoader, in a worker process in parallel
+  with the step when a CPU is left beside torch's threads (``--data.init_args.num_workers``; the table says how many),
+  so it can be faster than this floor.
 
 Times are wall clock per block; the table gives the median over blocks (steady state) and the whole run (every block
 but the first, SA stages, validation and checkpoints included at the config's cadence when the run reaches them), each
@@ -465,6 +466,7 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
         pair = cb.pair_t[:n_blocks + 1]
         med_p, whole_p = statistics.median(pair[1:] or pair), sum(pair[1:] or pair)
         out.update({"pair_blocks_s": pair, "floor_pair_ms_median": 1e3 * med_p / block,
+                    "loader_workers": cli.datamodule.loader_workers(),
                     "ratio_pair_median": med_v / med_p, "ratio_pair_whole": whole_v / whole_p})
     if cb.profiles:
         out["profile"] = cb.profiles
@@ -509,13 +511,14 @@ def table(results: list[dict], meta: dict) -> str:
     paired = [r for r in results if "floor_pair_ms_median" in r]
     if paired:
         lines += ["", "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
-                  "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks "
-                  "(vsmd pairs in its DataLoader's workers, in parallel with the step).", "",
+                  "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks. "
+                  "vsmd pairs in its DataLoader: in its worker processes (in parallel with the step) if it has some, "
+                  "by default one when a CPU is left beside torch's threads.", "",
                   "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median) "
-                  "| ratio to floor + pairing, median | whole |", "|---|---|---|---|---|---|"]
+                  "| ratio to floor + pairing, median | whole | vsmd's loader workers |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['row']} | {r['vsmd_ms_median']:.2f} | {r['floor_ms_median']:.2f} | "
-                  f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} |"
-                  for r in paired]
+                  f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} | "
+                  f"{r['loader_workers']} |" for r in paired]
     lines += ["", "Floors: " + "; ".join(sorted({f"{r['row']}: {r.get('floor_note', '')}" for r in results
                                                  if 'error' not in r})), ""]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ end into a table of the documented shape. Never asserts times."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def test_floor_pairing_is_vsmds_ot_chain_and_a_trajectory_row_reports_floor_plus
     (row,) = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert "error" not in row, row.get("error")
     assert len(row["pair_blocks_s"]) == 3 and row["floor_pair_ms_median"] > 0 and row["ratio_pair_median"] > 0
+    assert row["loader_workers"] == (1 if len(os.sched_getaffinity(0)) > 1 else 0)  # the test ran at 1 thread
     md = (tmp_path / "speed.md").read_text()
     assert "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median)" in md
     assert next(line for line in md.splitlines() if line.startswith("| petal |")).count("|") == 13

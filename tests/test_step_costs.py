@@ -92,6 +92,22 @@ def test_a_bridge_fit_is_bit_identical_with_and_without_loader_workers(tmp_path)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+def test_by_default_the_loader_has_a_worker_only_where_a_cpu_is_left_beside_torchs_threads() -> None:
+    import os
+
+    from vsmd.datamodules.trajectory import TrajectoryDataModule
+
+    dm = TrajectoryDataModule("petal", n_per_snapshot=50)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, len(os.sched_getaffinity(0))):
+            torch.set_num_threads(n)
+            assert dm.loader_workers() == (1 if len(os.sched_getaffinity(0)) > n else 0)
+    finally:
+        torch.set_num_threads(threads)
+    assert TrajectoryDataModule("petal", n_per_snapshot=50, num_workers=3).loader_workers() == 3
+
+
 def test_a_negative_number_of_loader_workers_is_refused() -> None:
     from vsmd.datamodules.trajectory import TrajectoryDataModule
 
