@@ -11,7 +11,12 @@ the same batch shape, loss, AdamW, gradient clipping and EMA, with no Lightning 
   own ``encode``), the EMA as one ``torch._foreach_lerp_`` over the parameters;
 - trajectory rows (petal, EB): the network calls of one vsmd loss are recorded once (inputs and output shapes); the
   floor replays them (same networks, same inputs, a squared error against a fixed target of the output's shape).
-  This floor has no OT pairing and no bridge sampling: that is the work it separates out.
+  This floor has no OT pairing and no bridge sampling: that is the work it separates out. A second floor, "floor +
+  pairing", runs in its own blocks: the same replay plus, every step, the minibatch OT chain of a fresh batch (one
+  batch per snapshot, the row's batch size) done with POT directly in the loop (``ot.dist`` and ``ot.emd`` between
+  consecutive snapshots), as a bare script would pair; vsmd pairs in its DataLoader, in a worker process in parallel
+  with the step when a CPU is left beside torch's threads (``--data.init_args.num_workers``; the table says how many),
+  so it can be faster than this floor.
 
 Times are wall clock per block; the table gives the median over blocks (steady state) and the whole run (every block
 but the first, SA stages, validation and checkpoints included at the config's cadence when the run reaches them), each
@@ -75,7 +80,9 @@ ROWS = {r.name: r for r in [
     Row("exchange", "configs/exchange.yaml", "series", 500, 25, nfe=True, data="exchange"),
     Row("solar", "configs/solar.yaml", "series", 12, 3, data="solar"),
     Row("electricity", "configs/electricity.yaml", "series", 4, 1, data="electricity"),
-    Row("cifar10_tiny", "configs/cifar10_tiny.yaml", "image", 20, 5, nfe=True, data="images"),
+    # blocks of 3: the SA stages, checkpoints (every 10 steps) and validation (step 20) fall in 2 of 8 timed blocks, so
+    # the median block is a step without them (in blocks of 5 half the blocks had one, and the median mixed them in)
+    Row("cifar10_tiny", "configs/cifar10_tiny.yaml", "image", 24, 3, nfe=True, data="images"),
     Row("petal", "configs/petal.yaml", "trajectory", 1000, 50),
     Row("eb", "configs/eb.yaml", "trajectory", 1000, 50, data="eb"),
 ]}
@@ -135,8 +142,10 @@ def make_data(row: Row, scratch: Path) -> list[str]:
 class Floor:
     """One training step of the row's work in plain torch (see the module docstring)."""
 
-    def __init__(self, row: Row, module, batches: list[Any], clip: float | None) -> None:
+    def __init__(self, row: Row, module, batches: list[Any], clip: float | None,
+                 raw: list[list[Tensor]] | None = None) -> None:
         h = module.hparams
+        self.raw, self.pairing = raw or [], False  # trajectory rows: snapshot batches for floor + pairing
         self.kind, self.clip = row.kind, clip
         self.batches, self.i = batches, 0
         self.nets = self._copy_nets(module)
@@ -145,7 +154,10 @@ class Floor:
         self.ema = [p.detach().clone() for p in params] if h.ema_decay > 0 else None
         warmup = row.kind == "trajectory" or bool(h.get("ema_warmup", False))  # the bridge's EMA always warms up
         self.decay, self.warmup, self.n_avg = float(h.ema_decay), warmup, 0
-        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0))
+        # vsmd's AdamW is foreach (GenerativeModule, TrajectoryBridge; the images' module keeps torch's default): so
+        # is the floor's, so that the ratio is vsmd's overhead, not the optimiser's implementation
+        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0),
+                                     foreach=True if row.kind != "image" else None)
         self.sched = None
         if row.kind == "image":  # vsmd's images use a LambdaLR (warmup, decay): the same per-step call
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
@@ -228,8 +240,23 @@ class Floor:
         cond, _ = self.net.encode(values, feat, torch.arange(self.max_lag, target.shape[1]))
         return self._diffusion_loss(values[:, self.max_lag:].flatten(0, 1), cond.flatten(0, 1))
 
+    @staticmethod
+    def pair(batches: list[Tensor]) -> Tensor:
+        """The minibatch OT chain of one batch per snapshot, with POT directly (squared Euclidean cost, exact)."""
+        import ot
+
+        out = [batches[0]]
+        for nxt in batches[1:]:
+            w = np.full(len(nxt), 1.0 / len(nxt))
+            plan = ot.emd(w, w, ot.dist(out[-1].double().numpy(), nxt.double().numpy()))
+            out.append(nxt[torch.from_numpy(plan.argmax(1))])
+        return torch.stack(out, dim=1)
+
     def loss(self) -> Tensor:
         if self.kind == "trajectory":
+            if self.pairing:  # floor + pairing: the chain is made (and not used: the replay has fixed inputs)
+                self.pair(self.raw[self.i % len(self.raw)])
+                self.i += 1
             total = 0.0
             for i, args, target in self.calls:
                 total = total + (self.nets[i](*args) - target).pow(2).sum(1).mean()
@@ -259,10 +286,14 @@ class Floor:
                     torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - d)
                 self.n_avg += 1
 
-    def run(self, n: int) -> float:
+    def run(self, n: int, pairing: bool = False) -> float:
+        self.pairing = pairing
         start = time.perf_counter()
-        for _ in range(n):
-            self.step()
+        try:
+            for _ in range(n):
+                self.step()
+        finally:
+            self.pairing = False
         return time.perf_counter() - start
 
     def flops(self) -> int:
@@ -303,7 +334,7 @@ def _callback_class():
         def __init__(self, row: Row, block: int, n_floor_batches: int = 8, profile_at: int | None = None) -> None:
             self.row, self.block, self.n_floor_batches = row, block, n_floor_batches
             self.profile_at, self.profiler, self.profiles = profile_at, None, {}
-            self.vsmd, self.floor_t = [], []
+            self.vsmd, self.floor_t, self.pair_t = [], [], []
             self.events = {"validation": 0, "checkpoint": 0}
             self.floor: Floor | None = None
             self.t0 = 0.0
@@ -316,8 +347,12 @@ def _callback_class():
                 if len(batches) >= self.n_floor_batches:
                     break
             clip = trainer.gradient_clip_val
-            self.floor = Floor(self.row, pl_module, batches, clip)
+            raw = _raw_snapshot_batches(trainer.datamodule, self.n_floor_batches) if self.row.kind == "trajectory" \
+                else None
+            self.floor = Floor(self.row, pl_module, batches, clip, raw)
             self.floor.run(1)  # warm-up
+            if raw:
+                self.floor.run(1, pairing=True)
             self.t0 = time.perf_counter()
 
         def on_validation_start(self, trainer, pl_module) -> None:
@@ -338,11 +373,21 @@ def _callback_class():
                 self.profiles["floor"], self.profiler = _stop(self.profiler), None
             else:
                 self.floor_t.append(self.floor.run(self.block))
+            if self.floor.raw:  # trajectory rows: the floor + pairing block
+                self.pair_t.append(self.floor.run(self.block, pairing=True))
             if self.profile_at is not None and len(self.vsmd) == self.profile_at:
                 self.profiler = _start()
             self.t0 = time.perf_counter()
 
     return Interleave
+
+
+def _raw_snapshot_batches(dm, n: int, seed: int = 12345) -> list[list[Tensor]]:
+    """``n`` unpaired training batches of a TrajectoryDataModule (one per training snapshot), for floor + pairing."""
+    snaps = dm.snapshots("train")
+    sets = [snaps.points[i] for i in dm.train_indices]
+    gen = torch.Generator().manual_seed(seed)
+    return [[s[torch.randint(len(s), (dm.batch_size,), generator=gen)] for s in sets] for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -417,6 +462,12 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
            "sa_stages": int(getattr(cli.model.sa, "stages", 0) or 0) if getattr(cli.model, "sa", None) else 0,
            **cb.events, "floor_note": ("recorded network calls (no OT pairing, no bridge sampling)"
                                        if row.kind == "trajectory" else "re-stated perturbation and loss")}
+    if cb.pair_t:
+        pair = cb.pair_t[:n_blocks + 1]
+        med_p, whole_p = statistics.median(pair[1:] or pair), sum(pair[1:] or pair)
+        out.update({"pair_blocks_s": pair, "floor_pair_ms_median": 1e3 * med_p / block,
+                    "loader_workers": cli.datamodule.loader_workers(),
+                    "ratio_pair_median": med_v / med_p, "ratio_pair_whole": whole_v / whole_p})
     if cb.profiles:
         out["profile"] = cb.profiles
     out["floor_gflops"] = flops / (out["floor_ms_median"] * 1e-3) / 1e9
@@ -457,6 +508,17 @@ def table(results: list[dict], meta: dict) -> str:
             f"{r['ratio_median']:.2f} | {r['ratio_whole']:.2f} | {r['sa_stages']} / {r['validation']} / "
             f"{r['checkpoint']} | {r['flops_per_step'] / 1e6:.1f} | {r['floor_gflops']:.2f} | {r['vsmd_gflops']:.2f} | "
             f"{s.get('nfe10', float('nan')):.0f} | {s.get('nfe20', float('nan')):.0f} |")
+    paired = [r for r in results if "floor_pair_ms_median" in r]
+    if paired:
+        lines += ["", "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
+                  "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks. "
+                  "vsmd pairs in its DataLoader: in its worker processes (in parallel with the step) if it has some, "
+                  "by default one when a CPU is left beside torch's threads.", "",
+                  "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median) "
+                  "| ratio to floor + pairing, median | whole | vsmd's loader workers |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['vsmd_ms_median']:.2f} | {r['floor_ms_median']:.2f} | "
+                  f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} | "
+                  f"{r['loader_workers']} |" for r in paired]
     lines += ["", "Floors: " + "; ".join(sorted({f"{r['row']}: {r.get('floor_note', '')}" for r in results
                                                  if 'error' not in r})), ""]
     return "\n".join(lines)

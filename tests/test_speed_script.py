@@ -4,6 +4,7 @@ end into a table of the documented shape. Never asserts times."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,3 +89,27 @@ def test_a_row_without_its_data_is_an_error_row_naming_the_option(tmp_path: Path
     (row,) = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert "eb_nlsb_val_rna.npz is missing" in row["error"] and "--shared-data" in row["error"]
     assert "| eb | error: FileNotFoundError" in (tmp_path / "speed.md").read_text()
+
+
+def test_floor_pairing_is_vsmds_ot_chain_and_a_trajectory_row_reports_floor_plus_pairing(tmp_path: Path) -> None:
+    from vsmd.datamodules import TrajectoryDataModule
+    from vsmd.diffusion.trajectory import ot_chain
+
+    dm = TrajectoryDataModule("petal", n_per_snapshot=200, batch_size=64)
+    for batch in speed._raw_snapshot_batches(dm, 3):  # an exact OT chain too (ties may be broken otherwise)
+        chains = speed.Floor.pair(batch)
+        want = ot_chain(batch)
+        assert chains.shape == want.shape
+        for k, points in enumerate(batch):
+            assert torch.equal(chains[:, k].sort(0).values, points.sort(0).values)  # each snapshot, reordered
+        cost = (chains.diff(dim=1).double() ** 2).sum()
+        assert cost.item() == pytest.approx((want.diff(dim=1).double() ** 2).sum().item(), rel=1e-9)
+    speed.main(["--rows", "petal", "--steps", "2", "--block", "1", "--threads", "1", "--out", str(tmp_path),
+                "--scratch", str(tmp_path / "scratch"), "--no-sampling"])
+    (row,) = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert "error" not in row, row.get("error")
+    assert len(row["pair_blocks_s"]) == 3 and row["floor_pair_ms_median"] > 0 and row["ratio_pair_median"] > 0
+    assert row["loader_workers"] == (1 if len(os.sched_getaffinity(0)) > 1 else 0)  # the test ran at 1 thread
+    md = (tmp_path / "speed.md").read_text()
+    assert "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median)" in md
+    assert next(line for line in md.splitlines() if line.startswith("| petal |")).count("|") == 13

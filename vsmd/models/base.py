@@ -59,6 +59,19 @@ class PhaseSpaceModule(pl.LightningModule):
         return bool(trainer.ckpt_path) or any(getattr(cb, "_last_global_step_saved", 0) > 0
                                               for cb in trainer.checkpoint_callbacks)
 
+    def log_train_step(self, values: dict[str, Any], prog_bar: str = "train/loss") -> None:
+        """Log a training step's values (on_step) at the steps the logger writes (every
+        ``trainer.log_every_n_steps``; each step under fast_dev_run): the value of that step, as logging every step
+        wrote it, without Lightning's per-call cost at the steps it drops. The progress bar shows ``prog_bar`` as of
+        the last written step. Outside a trainer's fit loop every call logs."""
+        trainer = self._trainer
+        conn = getattr(trainer, "_logger_connector", None)
+        if conn is not None and getattr(trainer, "_active_loop", None) is not None and not trainer.fast_dev_run \
+                and not conn.should_update_logs:
+            return
+        for key, value in values.items():
+            self.log(key, value, prog_bar=key == prog_bar, on_step=True, on_epoch=False)
+
     def tensorboard(self):
         """The TensorBoard SummaryWriter on rank 0, or None."""
         if self.trainer.is_global_zero and isinstance(self.logger, pl.loggers.TensorBoardLogger):
@@ -180,7 +193,7 @@ class GenerativeModule(FrameMixin, PhaseSpaceModule):
             raise FloatingPointError(f"the score loss is {loss.item()} at step {self.global_step}; training stopped "
                                      f"before this step changed any weight, and {then} (or check the data for "
                                      "NaN/inf).")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log_train_step({"train/loss": loss})
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -192,7 +205,8 @@ class GenerativeModule(FrameMixin, PhaseSpaceModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                 foreach=True)  # one call per operation over all parameters (the same numbers)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

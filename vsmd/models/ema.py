@@ -47,7 +47,28 @@ def update_ema(pairs: Iterable[tuple[nn.Module | None, AveragedModel | None]]) -
     checkpoint taken after the step includes the update."""
     for net, ema in pairs:
         if net is not None and ema is not None:
-            ema.update_parameters(net)
+            update_parameters(ema, net)
+
+
+@torch.no_grad()
+def update_parameters(ema: AveragedModel, net: nn.Module) -> None:
+    """``ema.update_parameters(net)`` without its walk of per-parameter detach and device moves: the same
+    operations on the same tensors (the first update copies, later ones apply the copy's ``multi_avg_fn`` to all
+    parameters in one call; elementwise, so one call over every device and dtype equals one call per group), then
+    the buffers are synced and ``n_averaged`` counts. Copies that average otherwise (an ``avg_fn``, buffers averaged,
+    parameters on another device than the network's) take AveragedModel's own path."""
+    averaged, current = list(ema.module.parameters()), list(net.parameters())
+    if ema.multi_avg_fn is None or ema.use_buffers or len(averaged) != len(current) or not averaged \
+            or averaged[0].device != current[0].device:
+        ema.update_parameters(net)
+        return
+    if int(ema.n_averaged) == 0:
+        torch._foreach_copy_(averaged, current)
+    else:
+        ema.multi_avg_fn(averaged, current, ema.n_averaged)
+    for b_ema, b_net in zip(ema.module.buffers(), net.buffers(), strict=True):
+        b_ema.copy_(b_net)
+    ema.n_averaged += 1
 
 
 def match_ema(state: dict[str, Tensor], has_copy: bool, net: str = "net", ema: str = "net_ema") -> None:

@@ -142,6 +142,8 @@ class TrajectoryBridge(PhaseSpaceModule):
         data_sd = float(torch.cat(dm.snapshots("train").points).double().std(0).max())
         units.check_noise(self.reference, data_sd, self.hparams.sigma, self.time_exponent)
         stages_lib.check_schedule(self.hparams.stages, self.hparams.stage_steps, self.trainer.max_steps)
+        if hasattr(dm, "set_pairing"):  # the OT chains of stage 0's batches are made by the loader (its workers)
+            dm.set_pairing(ot_chain, self.hparams.stage_steps if self.hparams.stages > 0 else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vsmd_trajectory"] = {"pins": self.data_pins, "snapshot_times": self.snapshot_times,
@@ -222,7 +224,7 @@ class TrajectoryBridge(PhaseSpaceModule):
             gen = stages_lib.step_generator(self.hparams.seed, self.global_step)
             stage = self.stage_at(self.global_step)
             if stage > 0:
-                batch = sampling.resample(self.pool, len(batch[0]), gen)
+                batch = sampling.resample(self.pool, len(batch[0]) if isinstance(batch, list) else len(batch), gen)
             loss, parts = self.loss(batch, gen, fit=self.stage_plan(stage)[1])
         else:
             loss, parts = self.loss(batch)
@@ -231,8 +233,7 @@ class TrajectoryBridge(PhaseSpaceModule):
                 "the saved checkpoints are untouched: resume from the newest with a lower lr."
                 if self._checkpoint_exists() else "no checkpoint was written yet, so there is nothing to resume: "
                 "start the fit again with a lower lr."))
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, on_epoch=False)
+        self.log_train_step({"train/loss": loss} | {f"train/{k}": v for k, v in parts.items()})
         return loss
 
     def _nets(self) -> list[tuple[torch.nn.Module, Any]]:
@@ -240,7 +241,8 @@ class TrajectoryBridge(PhaseSpaceModule):
 
     def configure_optimizers(self):
         params = [p for net, _ in self._nets() for p in net.parameters()]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                 foreach=True)  # one call per operation over all parameters (the same numbers)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
