@@ -154,10 +154,9 @@ class Floor:
         self.ema = [p.detach().clone() for p in params] if h.ema_decay > 0 else None
         warmup = row.kind == "trajectory" or bool(h.get("ema_warmup", False))  # the bridge's EMA always warms up
         self.decay, self.warmup, self.n_avg = float(h.ema_decay), warmup, 0
-        # vsmd's AdamW is foreach (GenerativeModule, TrajectoryBridge; the images' module keeps torch's default): so
-        # is the floor's, so that the ratio is vsmd's overhead, not the optimiser's implementation
-        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0),
-                                     foreach=True if row.kind != "image" else None)
+        # vsmd's AdamW is foreach (every module): so is the floor's, so that the ratio is vsmd's overhead, not the
+        # optimiser's implementation
+        self.opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.get("weight_decay", 0.0), foreach=True)
         self.sched = None
         if row.kind == "image":  # vsmd's images use a LambdaLR (warmup, decay): the same per-step call
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
@@ -478,13 +477,22 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
     return out
 
 
+def config_max_steps(config: str) -> int | None:
+    """The trainer.max_steps of a shipped config (None when it sets none)."""
+    import yaml
+
+    with open(ROOT / config) as f:
+        steps = (yaml.safe_load(f) or {}).get("trainer", {}).get("max_steps")
+    return int(steps) if steps and int(steps) > 0 else None
+
+
 def table(results: list[dict], meta: dict) -> str:
     lines = [
         "# Training step: vsmd against a bare PyTorch loop of the same work (issue 26)",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s) "
-        f"(torch.set_num_threads){'; malloc without mmap (--no-mmap)' if meta['no_mmap'] else ''}; "
+        f"(torch.set_num_threads); malloc: {meta['malloc']}; "
         f"fp32 matmul rate {meta['matmul_gflops']:.1f} GFLOP/s "
         f"(1024 x 1024, best of 10); total {meta['seconds']:.0f} s.  ",
         f"{meta['note']}",
@@ -519,6 +527,14 @@ def table(results: list[dict], meta: dict) -> str:
         lines += [f"| {r['row']} | {r['vsmd_ms_median']:.2f} | {r['floor_ms_median']:.2f} | "
                   f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} | "
                   f"{r['loader_workers']} |" for r in paired]
+    fits = [r for r in results if r.get("config_max_steps")]
+    if fits:
+        lines += ["", "A fit of each config at this run's speed (estimated: the config's trainer.max_steps times vsmd's "
+                  "whole-run ms/step; the test afterwards not included; a trajectory config's later stages train on simulated "
+                  "pools, whose steps this run does not time):", "",
+                  "| config | max_steps | vsmd ms/step (whole) | fit, minutes |", "|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['config_max_steps']} | {r['vsmd_ms_whole']:.1f} | "
+                  f"{r['config_max_steps'] * r['vsmd_ms_whole'] / 6e4:.1f} |" for r in fits]
     lines += ["", "Floors: " + "; ".join(sorted({f"{r['row']}: {r.get('floor_note', '')}" for r in results
                                                  if 'error' not in r})), ""]
     return "\n".join(lines)
@@ -538,29 +554,27 @@ def main(argv: list[str] | None = None) -> None:
                     help="an option for every row's vsmd fit, e.g. --set model.init_args.hidden 8 (repeatable)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one more block of each side (torch.profiler): speed_profile_<row>.txt")
-    ap.add_argument("--no-mmap", action="store_true",
-                    help="glibc malloc without mmap and without trimming (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD "
-                         "2^31 - 1), as GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=... does: "
-                         "big tensors are then reused instead of mapped and zeroed by the kernel at every step")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="keep the C library's malloc setting; by default the run applies vsmd fit's own "
+                         "(vsmd/allocator.py: freed memory kept for reuse, so big tensors are not mapped and zeroed "
+                         "by the kernel at every step), as VSMD_MALLOC=system does for vsmd fit")
     ap.add_argument("--shared-data", default=str(SHARED),
                     help="folder with exchange_rate_nips.tar.gz and eb_nlsb_val_rna.npz (default: ../shared/data)")
     ap.add_argument("--scratch", default=None, help="folder for data and runs (default: a temporary one)")
     args = ap.parse_args(argv)
     SHARED = Path(args.shared_data)
     torch.set_num_threads(args.threads)
-    if args.no_mmap:
-        import ctypes
+    from vsmd.allocator import keep_freed_memory
 
-        libc = ctypes.CDLL("libc.so.6")
-        if not (libc.mallopt(-4, 0) and libc.mallopt(-1, 2**31 - 1)):  # M_MMAP_MAX, M_TRIM_THRESHOLD
-            raise SystemExit("--no-mmap: mallopt refused the settings (not glibc?)")
+    malloc = "system" if args.system_malloc else ("vsmd's (freed memory kept)" if keep_freed_memory()
+                                                  else "system (vsmd's setting does not apply here)")
     start = time.perf_counter()
     results = []
     own = tempfile.TemporaryDirectory(prefix="vsmd-speed-") if args.scratch is None else None
     scratch = Path(args.scratch or own.name)
     meta = {"command": "python benchmarks/speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
-            "torch": torch.__version__, "threads": args.threads, "note": args.note, "no_mmap": args.no_mmap,
+            "torch": torch.__version__, "threads": args.threads, "note": args.note, "malloc": malloc,
             "matmul_gflops": matmul_rate() / 1e9}
     try:
         for name in args.rows:
@@ -575,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
             except Exception as err:  # one failing row does not lose the others
                 r = {"row": name, "error": f"{type(err).__name__}: {err}".replace("|", "/")[:300]}
             r["seconds"] = time.perf_counter() - t
+            if "error" not in r:
+                r["config_max_steps"] = config_max_steps(row.config)
             results.append(r)
             print(f"[speed] {name}: " + (r.get("error") or f"ratio median {r['ratio_median']:.2f}, whole "
                                          f"{r['ratio_whole']:.2f}") + f" ({r['seconds']:.0f} s)", flush=True)

@@ -186,8 +186,10 @@ def test_foreach_adamw_is_the_per_parameter_adamw_bit_for_bit() -> None:
 
 
 def test_the_modules_optimisers_are_foreach() -> None:
-    from vsmd.models import ToyVSMD, TrajectoryBridge
+    from vsmd.models import ImageVSMD, ToyVSMD, TrajectoryBridge
 
-    for module in (ToyVSMD(hidden=16, depth=1), TrajectoryBridge(hidden=16, depth=1)):
+    image = ImageVSMD(image_size=8, channels=8, channel_mult=[1, 2], num_res_blocks=1, attn_resolutions=[])
+    for module in (ToyVSMD(hidden=16, depth=1), TrajectoryBridge(hidden=16, depth=1), image):
         opt = module.configure_optimizers()
+        opt = opt["optimizer"] if isinstance(opt, dict) else opt
         assert isinstance(opt, torch.optim.AdamW) and opt.defaults["foreach"] is True

@@ -132,7 +132,7 @@ class ImageTask:
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=h.lr, weight_decay=h.weight_decay, foreach=True)
 
         def factor(step: int) -> float:
             warm = min(1.0, (step + 1) / h.lr_warmup) if h.lr_warmup else 1.0
