@@ -92,17 +92,29 @@ def test_a_bridge_fit_is_bit_identical_with_and_without_loader_workers(tmp_path)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_by_default_the_loader_has_a_worker_only_where_a_cpu_is_left_beside_torchs_threads() -> None:
+def _pair_first(batches):
+    return batches[0]
+
+
+def test_by_default_the_loader_pairs_in_a_worker_on_a_cpu_of_its_own() -> None:
     import os
 
     from vsmd.datamodules.trajectory import TrajectoryDataModule
 
     dm = TrajectoryDataModule("petal", n_per_snapshot=50)
+    cpus = len(os.sched_getaffinity(0))
     threads = torch.get_num_threads()
     try:
-        for n in (1, len(os.sched_getaffinity(0))):
+        for n in (1, cpus):
             torch.set_num_threads(n)
-            assert dm.loader_workers() == (1 if len(os.sched_getaffinity(0)) > n else 0)
+            assert dm.loader_workers() == (1 if cpus > n else 0)  # no pairing set: torch keeps its threads
+            assert torch.get_num_threads() == n
+        if cpus >= 2:  # with the bridge's pairing set, a worker gets one of torch's CPUs for the fit, then it is back
+            dm.set_pairing(_pair_first)
+            torch.set_num_threads(cpus)
+            assert dm.loader_workers() == 1 and torch.get_num_threads() == cpus - 1
+            dm.teardown("fit")
+            assert torch.get_num_threads() == cpus
     finally:
         torch.set_num_threads(threads)
     assert TrajectoryDataModule("petal", n_per_snapshot=50, num_workers=3).loader_workers() == 3

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -164,9 +165,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         num_workers: worker processes that draw the training batches and pair them (the bridge's minibatch OT
             chains) in parallel with the training step; 0 does it in the training process. The batches and their
             pairing are the same for any number (a worker runs its exact OT solves with one thread). None (the
-            default): 1 when this process may use more CPUs than torch's thread count (a core is left for the worker),
-            else 0: on 2 cores with 2 torch threads a worker slows the step (measured: petal 35 -> 41 ms), with 1
-            thread it halves it (37 -> 18 ms).
+            default): 1 when this process may use more CPUs than torch's thread count (a core is left for the worker);
+            when torch holds every CPU (and there are 2 or more), 1 worker, and torch gives up one thread for the fit
+            (said on stderr; restored at the end). On 2 cores, petal: 35 ms a step with 2 torch threads and no
+            worker, 41 ms with 2 threads and a worker, 18 ms with 1 thread and a worker.
     """
 
     # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
@@ -301,7 +303,26 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if self.num_workers is not None:
             return self.num_workers
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return 1 if cpus > torch.get_num_threads() else 0
+        threads = torch.get_num_threads()
+        if cpus > threads:
+            return 1
+        if cpus < 2 or self._pairing[0] is None:
+            return 0
+        # torch holds every CPU: hand one to the pairing worker for the fit (teardown gives it back). The bridge's
+        # small networks gain little from the last thread; the pairing leaves the step (petal on 2 cores: 35 ms a step
+        # with 2 threads and no worker, 18 ms with 1 thread and a worker; the same numbers either way)
+        torch.set_num_threads(cpus - 1)
+        self._threads_before = threads
+        print(f"vsmd: the minibatch OT pairing runs in 1 loader worker beside the training step, which uses "
+              f"{cpus - 1} of the {cpus} CPUs (--data.init_args.num_workers 0 pairs in the training process instead)",
+              file=sys.stderr)
+        return 1
+
+    def teardown(self, stage: str) -> None:
+        """Gives torch back the thread the pairing worker had (loader_workers)."""
+        if getattr(self, "_threads_before", None) is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def set_pairing(self, pair: Callable[[list[Tensor]], Any] | None, until: int | None = None) -> None:
         """Let the loader turn each training batch (a list of per-snapshot batches) into ``pair(batch)``, for the
