@@ -340,6 +340,8 @@ def _callback_class():
 
         def on_train_start(self, trainer, pl_module) -> None:
             loader = trainer.train_dataloader
+            # the threads both sides run with, and vsmd's loader workers (a trajectory fit may hand a thread to one)
+            self.threads, self.workers = torch.get_num_threads(), int(getattr(loader, "num_workers", 0) or 0)
             batches = []
             for b in loader:
                 batches.append(b)
@@ -458,14 +460,14 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
            "ratio_median": med_v / med_f, "vsmd_ms_whole": 1e3 * whole_v / (block * max(len(vsmd) - 1, 1)),
            "floor_ms_whole": 1e3 * whole_f / (block * max(len(floor) - 1, 1)), "ratio_whole": whole_v / whole_f,
            "vsmd_blocks_s": vsmd, "floor_blocks_s": floor, "flops_per_step": flops,
-           "sa_stages": int(getattr(cli.model.sa, "stages", 0) or 0) if getattr(cli.model, "sa", None) else 0,
+           "threads_in_fit": cb.threads, "sa_stages": int(getattr(cli.model.sa, "stages", 0) or 0) if getattr(cli.model, "sa", None) else 0,
            **cb.events, "floor_note": ("recorded network calls (no OT pairing, no bridge sampling)"
                                        if row.kind == "trajectory" else "re-stated perturbation and loss")}
     if cb.pair_t:
         pair = cb.pair_t[:n_blocks + 1]
         med_p, whole_p = statistics.median(pair[1:] or pair), sum(pair[1:] or pair)
         out.update({"pair_blocks_s": pair, "floor_pair_ms_median": 1e3 * med_p / block,
-                    "loader_workers": cli.datamodule.loader_workers(),
+                    "loader_workers": cb.workers,
                     "ratio_pair_median": med_v / med_p, "ratio_pair_whole": whole_v / whole_p})
     if cb.profiles:
         out["profile"] = cb.profiles
@@ -521,12 +523,14 @@ def table(results: list[dict], meta: dict) -> str:
         lines += ["", "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
                   "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks. "
                   "vsmd pairs in its DataLoader: in its worker processes (in parallel with the step) if it has some, "
-                  "by default one when a CPU is left beside torch's threads.", "",
+                  "by default one, on a CPU of its own: where torch holds every CPU, the fit gives one of its threads to "
+                  "the worker (both sides then run with the threads in the last column).", "",
                   "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median) "
-                  "| ratio to floor + pairing, median | whole | vsmd's loader workers |", "|---|---|---|---|---|---|---|"]
+                  "| ratio to floor + pairing, median | whole | vsmd's loader workers | torch threads in the fit |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['row']} | {r['vsmd_ms_median']:.2f} | {r['floor_ms_median']:.2f} | "
                   f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} | "
-                  f"{r['loader_workers']} |" for r in paired]
+                  f"{r['loader_workers']} | {r.get('threads_in_fit', '')} |" for r in paired]
     fits = [r for r in results if r.get("config_max_steps")]
     if fits:
         lines += ["", "A fit of each config at this run's speed (estimated: the config's trainer.max_steps times vsmd's "
