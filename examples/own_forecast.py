@@ -52,12 +52,17 @@ def main() -> None:
         windows = model.test_windows()            # the rolling test windows at the end of the series
         forecasts = model.forecast()              # (windows, samples, horizon, 3), in the CSV's units
         metrics = vsmd.evaluate(model)            # CRPS-Sum and the rest of `vsmd test`
+        ahead = model.forecast(future=True)       # (1, samples, horizon, 3): the days after the CSV's last row
+        future = model.future_window()            # their dates and the series' names
 
     print(f"trained: {model.run_dir}")
     print(f"forecasts: {tuple(forecasts.shape)} from {windows['forecast_start']}")
     print(f"CRPS-Sum (vsmd.evaluate): {metrics['crps_sum']:.4f}")
     print(f"CRPS-Sum of these forecasts (vsmd.metrics.crps_sum): "
           f"{crps_sum(forecasts.numpy(), windows['future'].numpy()):.4f}")
+    median = ahead[0].median(dim=0).values      # (horizon, 3)
+    print(f"after the last row: {future['times'][0][0]} .. {future['times'][0][-1]}, median of "
+          f"{future['series'][0]}: " + ", ".join(f"{v:.2f}" for v in median[:, 0].tolist()))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def test_example_runs(script: Path, tmp_path: Path, request) -> None:
         api = re.search(r"CRPS-Sum \(vsmd.evaluate\): ([\d.]+)", text).group(1)
         own = re.search(r"CRPS-Sum of these forecasts \(vsmd.metrics.crps_sum\): ([\d.]+)", text).group(1)
         assert api == own  # the test step's forecasts are model.forecast()'s (the same windows and seed)
+        # the CSV's 200 days start on 2024-01-01: the 5 days after its last row (2024-07-18)
+        assert "after the last row: 2024-07-19 .. 2024-07-23, median of north: " in text
     elif script.stem == "sample_checkpoint":
         assert "wrote (500, 2) samples to samples.npy" in text and (tmp_path / "samples.npy").is_file()
         assert re.search(r"metrics: rmse_pmf [\d.]+", text)
