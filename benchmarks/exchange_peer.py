@@ -28,7 +28,7 @@ The peer's checkout is never modified; the shims it needs on today's packages ar
 ``PEER_PATCHES`` (and in the results file).
 
     git --git-dir=<mirror> archive HEAD | tar -x -C /tmp/peers/vmsb      # the authors' repository, outside the tree
-    python benchmarks/exchange_peer.py --peer /tmp/peers/vmsb             # both sides, about 1 hour on 2 cores
+    python benchmarks/exchange_peer.py --peer /tmp/peers/vmsb   # both sides: 18 min on 2 lightly loaded cores
     python benchmarks/exchange_peer.py --peer /tmp/peers/vmsb --peer-epochs 2 --peer-every 1 \\
         --vsmd-steps 20 --vsmd-every 10 --num-samples 4 --out /tmp/exchpeer-smoke    # a smoke run, minutes
     python benchmarks/exchange_peer.py --report-only                      # rewrite the tables from the .json
@@ -73,7 +73,8 @@ PEER_PATCHES = [
     "(`create_transformation` + `create_predictor`) from the module being trained every N epochs and scores it with "
     "`main.py`'s evaluator; it puts the module back in training mode afterwards. The draws it makes change the "
     "random stream that training sees afterwards.",
-    "threads: `torch.set_num_threads(1)`; progress bars off (`enable_progress_bar=False`, tqdm disabled).",
+    "threads: `torch.set_num_threads(1)`; Lightning's progress bar and model summary off (their sampler's tqdm "
+    "bars still print to the side's log).",
 ]
 QUANTILES = (np.arange(20) / 20.0)[1:]
 
@@ -383,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peer-damp-coef", type=float, default=1.0)
     ap.add_argument("--peer-seed", type=int, default=395)
     ap.add_argument("--vsmd-steps", type=int, default=2000)
-    ap.add_argument("--vsmd-every", type=int, default=250, help="checkpoint (and test) vsmd every N steps")
+    ap.add_argument("--vsmd-every", type=int, default=125, help="checkpoint (and test) vsmd every N steps")
     ap.add_argument("--report-only", action="store_true", help="rewrite the tables from <out>.json")
     ap.add_argument("--collect", action="store_true",
                     help="write the tables from what <work> holds (a run cut short: the curves so far)")
@@ -393,8 +394,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         write_tables(json.loads(args.out.with_suffix(".json").read_text()), args.out)
         return
-    if args.side == "peer":
-        os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm (their sampler's progress bars)
     if args.collect:
         finish(args, ["peer", "vsmd"])
         return
