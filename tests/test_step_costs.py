@@ -115,6 +115,9 @@ def test_by_default_the_loader_pairs_in_a_worker_on_a_cpu_of_its_own() -> None:
             assert dm.loader_workers() == 1 and torch.get_num_threads() == cpus - 1
             dm.teardown("fit")
             assert torch.get_num_threads() == cpus
+            assert dm.loader_workers() == 1 and torch.get_num_threads() == cpus - 1
+            dm.on_exception(RuntimeError("a fit that stops on an error"))  # Lightning's hook then, not teardown
+            assert torch.get_num_threads() == cpus
     finally:
         torch.set_num_threads(threads)
     assert TrajectoryDataModule("petal", n_per_snapshot=50, num_workers=3).loader_workers() == 3
@@ -205,3 +208,35 @@ def test_the_modules_optimisers_are_foreach() -> None:
         opt = module.configure_optimizers()
         opt = opt["optimizer"] if isinstance(opt, dict) else opt
         assert isinstance(opt, torch.optim.AdamW) and opt.defaults["foreach"] is True
+
+
+def test_a_bridge_fit_that_stops_on_an_error_gives_torch_its_thread_back(tmp_path) -> None:
+    """Where torch holds every CPU, the fit hands one to the pairing worker; an error in the fit gives it back."""
+    import os
+
+    import lightning.pytorch as pl
+
+    from vsmd.datamodules.trajectory import TrajectoryDataModule
+    from vsmd.models import TrajectoryBridge
+
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("the handoff needs 2 CPUs or more")
+
+    class Stop(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            assert torch.get_num_threads() == cpus - 1  # the worker has a CPU of its own during the fit
+            raise RuntimeError("stopped on purpose")
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cpus)
+        model = TrajectoryBridge(hidden=16, depth=1, sample_steps=10)
+        dm = TrajectoryDataModule("petal", n_per_snapshot=100, batch_size=32)
+        trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Stop()])
+        with pytest.raises(RuntimeError, match="stopped on purpose"):
+            trainer.fit(model, datamodule=dm)
+        assert torch.get_num_threads() == cpus
+    finally:
+        torch.set_num_threads(threads)

@@ -167,7 +167,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
             pairing are the same for any number (a worker runs its exact OT solves with one thread). None (the
             default): 1 when this process may use more CPUs than torch's thread count (a core is left for the worker);
             when torch holds every CPU (and there are 2 or more), 1 worker, and torch gives up one thread for the fit
-            (said on stderr; restored at the end). On 2 cores, petal: 35 ms a step with 2 torch threads and no
+            (said on stderr; restored at the end, also after an error). On 2 cores, petal: 35 ms a step with 2 torch threads and no
             worker, 41 ms with 2 threads and a worker, 18 ms with 1 thread and a worker.
     """
 
@@ -323,6 +323,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if getattr(self, "_threads_before", None) is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
+
+    def on_exception(self, exception: BaseException) -> None:
+        """A fit that stops on an error gives the thread back too (Lightning skips teardown then)."""
+        self.teardown("fit")
 
     def set_pairing(self, pair: Callable[[list[Tensor]], Any] | None, until: int | None = None) -> None:
         """Let the loader turn each training batch (a list of per-snapshot batches) into ``pair(batch)``, for the
