@@ -167,8 +167,8 @@ class TrajectoryDataModule(pl.LightningDataModule):
             pairing are the same for any number (a worker runs its exact OT solves with one thread). None (the
             default): 1 when this process may use more CPUs than torch's thread count (a core is left for the worker);
             when torch holds every CPU (and there are 2 or more), 1 worker, and torch gives up one thread for the fit
-            (said on stderr; restored at the end, also after an error). On 2 cores, petal: 35 ms a step with 2 torch threads and no
-            worker, 41 ms with 2 threads and a worker, 18 ms with 1 thread and a worker.
+            (said on stderr; restored at the end, also after an error). On 2 cores, petal: 35 ms a step with 2
+            torch threads and no worker, 41 ms with 2 threads and a worker, 18 ms with 1 thread and a worker.
     """
 
     # the options that define the data (a checkpoint refuses others) and how they are read (vsmd.settings)
