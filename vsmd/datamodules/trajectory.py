@@ -200,6 +200,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         self.n_per_snapshot, self.batch_size, self.n_predict, self.seed = n_per_snapshot, batch_size, n_predict, seed
         self.predict_times, self.num_workers = times, num_workers
         self._pairing: tuple[Callable[[list[Tensor]], Any] | None, int | None] = (None, None)
+        self._threads_before: int | None = None  # torch's threads before the fit handed one to the pairing worker
         self._raw: dict[str, Snapshots] = {}
         self._transform: tuple[Tensor, Tensor] | None = None  # (mean (d,), projection (d, k)): x -> (x - m) @ P
         self._stream: _SnapshotStream | None = None
@@ -320,7 +321,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         """Gives torch back the thread the pairing worker had (loader_workers)."""
-        if getattr(self, "_threads_before", None) is not None:
+        if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
 
