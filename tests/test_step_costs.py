@@ -148,6 +148,25 @@ def test_update_ema_is_averaged_models_update_bit_for_bit(warmup) -> None:
     assert not torch.equal(ours.module[0].inp.weight, net[0].inp.weight)
 
 
+def test_update_ema_follows_parameters_replaced_between_updates() -> None:
+    """update_ema finds each network's tensors once; a parameter or buffer replaced later (a new tensor object, as
+    load_state_dict(..., assign=True) makes) is found again, so the copy averages the network as it is now."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(MLPScoreNet(2, 2, hidden=16, depth=2), torch.nn.BatchNorm1d(4))
+    ours, theirs = ema_lib.make_ema(net, 0.9), ema_lib.make_ema(net, 0.9)
+    for step in range(6):
+        if step in (2, 4):  # new Parameter and buffer objects on the network, then on both copies
+            net.load_state_dict({k: v + 0.5 for k, v in net.state_dict().items()}, assign=True)
+        if step == 4:
+            state = {k: v.clone() for k, v in theirs.module.state_dict().items()}
+            ours.module.load_state_dict(state, assign=True)
+            theirs.module.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+        ema_lib.update_ema([(net, ours)])
+        theirs.update_parameters(net)
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items()), step
+    assert int(ours.n_averaged) == 6
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Training values are logged only at the steps the logger writes: the same values at the same steps.
 def _logged(tmp_path, every_step: bool, log_every: int, steps: int = 10) -> list[tuple[int, str]]:

@@ -7,6 +7,7 @@ An EMA copy is a ``torch.optim.swa_utils.AveragedModel`` held as an attribute of
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -50,14 +51,47 @@ def update_ema(pairs: Iterable[tuple[nn.Module | None, AveragedModel | None]]) -
             update_parameters(ema, net)
 
 
+class _Tensors:
+    """The parameters and buffers of a module, in ``parameters()`` / ``buffers()`` order, found once: each is kept
+    with the module that holds it and its name there, so a later call checks that every one is still in place (one
+    dict look-up per tensor) instead of walking the module tree again."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.params = [(module.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], p)
+                       for n, p in module.named_parameters()]
+        self.buffers = [(module.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], b)
+                        for n, b in module.named_buffers()]
+        self.param_list = [p for _, _, p in self.params]
+        self.buffer_list = [b for _, _, b in self.buffers]
+
+    def current(self) -> bool:
+        return all(m._parameters.get(n) is p for m, n, p in self.params) \
+            and all(m._buffers.get(n) is b for m, n, b in self.buffers)
+
+
+_found: weakref.WeakKeyDictionary[nn.Module, _Tensors] = weakref.WeakKeyDictionary()
+
+
+def _tensors(module: nn.Module) -> _Tensors:
+    """``module``'s parameters and buffers, found again where one of them was replaced since (e.g. by
+    ``load_state_dict(..., assign=True)`` or a move to a device that makes new tensors). The networks vsmd averages
+    keep their structure once built: a parameter registered after the first update would not be seen."""
+    found = _found.get(module)
+    if found is None or not found.current():
+        found = _found[module] = _Tensors(module)
+    return found
+
+
 @torch.no_grad()
 def update_parameters(ema: AveragedModel, net: nn.Module) -> None:
     """``ema.update_parameters(net)`` without its walk of per-parameter detach and device moves: the same
     operations on the same tensors (the first update copies, later ones apply the copy's ``multi_avg_fn`` to all
     parameters in one call; elementwise, so one call over every device and dtype equals one call per group), then
     the buffers are synced and ``n_averaged`` counts. Copies that average otherwise (an ``avg_fn``, buffers averaged,
-    parameters on another device than the network's) take AveragedModel's own path."""
-    averaged, current = list(ema.module.parameters()), list(net.parameters())
+    parameters on another device than the network's) take AveragedModel's own path. The tensors of both networks are
+    found once and checked in place at each call (``_tensors``)."""
+    mine, theirs = _tensors(ema.module), _tensors(net)
+    averaged, current = mine.param_list, theirs.param_list
     if ema.multi_avg_fn is None or ema.use_buffers or len(averaged) != len(current) or not averaged \
             or averaged[0].device != current[0].device:
         ema.update_parameters(net)
@@ -66,7 +100,7 @@ def update_parameters(ema: AveragedModel, net: nn.Module) -> None:
         torch._foreach_copy_(averaged, current)
     else:
         ema.multi_avg_fn(averaged, current, ema.n_averaged)
-    for b_ema, b_net in zip(ema.module.buffers(), net.buffers(), strict=True):
+    for b_ema, b_net in zip(mine.buffer_list, theirs.buffer_list, strict=True):
         b_ema.copy_(b_net)
     ema.n_averaged += 1
 
