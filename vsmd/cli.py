@@ -28,6 +28,7 @@ from vsmd.checkpointing import (  # noqa: E402
 )
 from vsmd.legacy import check_legacy_config, upgrade_hparams  # noqa: E402
 from vsmd.models import PhaseSpaceModule  # noqa: E402
+from vsmd.nvml import skip_missing_nvml  # noqa: E402
 from vsmd.runs import (  # noqa: E402
     RESERVED,
     RESUMED_FROM,
@@ -344,6 +345,7 @@ def main(args: list[str] | None = None, raise_errors: bool = False) -> None:
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
     try:
         keep_freed_memory()  # big activations reused, not mapped and zeroed again at every step (vsmd/allocator.py)
+        skip_missing_nvml()  # no dlopen of a missing NVML at every optimiser step (vsmd/nvml.py)
         VSMDCLI(PhaseSpaceModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                 parser_class=VSMDArgumentParser)
     except BaseException as err:
