@@ -25,6 +25,12 @@ GRU is not counted by it) and set against this machine's fp32 matmul rate, measu
 samples per second at NFE 10 and 20 with the "ei" sampler (one network call per step) for the toys, Exchange and the
 image U-Net.
 
+Two more tables split the gap. "Where the gap is": after vsmd's fit, the floor's own step is trained by a bare
+Lightning Trainer (benchmarks/lightning_floor.py), in blocks alternating with the floor, so Lightning / floor is
+what Lightning's loop costs by itself and vsmd / Lightning floor what vsmd adds on top (``--no-lightning-floor`` skips
+it). "Memory traffic": the bytes a floor step reads and writes, counted op by op (``traffic_of``), over its time,
+against this machine's copy rate (``memory_rate``): a step near that rate is memory-bound, whatever its FLOPs.
+
     python benchmarks/speed.py                                  # every row, 2 threads
     python benchmarks/speed.py --rows spiral8y exchange --steps 200 --threads 1 --out /tmp/speed
     python benchmarks/speed.py --rows petal --steps 100 --profile   # + per-op tables of one more block per side
@@ -56,6 +62,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lightning_floor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -276,6 +285,9 @@ class Floor:
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
+        self.update_ema()
+
+    def update_ema(self) -> None:
         if self.ema is not None:
             with torch.no_grad():
                 d = min(self.decay, (1.0 + self.n_avg) / (10.0 + self.n_avg)) if self.warmup else self.decay
@@ -303,6 +315,10 @@ class Floor:
             loss.backward()
         self.opt.zero_grad(set_to_none=True)
         return int(counter.get_total_flops())
+
+    def traffic(self) -> int:
+        """Bytes one whole step (loss, backward, clipping, AdamW, EMA) reads and writes (``traffic_of``)."""
+        return traffic_of(self.step)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -404,6 +420,43 @@ def matmul_rate(n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def traffic_of(fn) -> int:
+    """The bytes ``fn()`` reads and writes, counted op by op: the tensor inputs and outputs of every aten op that is
+    not a view (an in-place op counts its output too). Nothing is assumed to stay in a cache, so this is the memory
+    traffic where the tensors are larger than the caches (the forecasting rows), and an upper bound where they are
+    not (the toys)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    total = 0
+
+    class Traffic(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal total
+            out = func(*args, **(kwargs or {}))
+            if not any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns):
+                total += sum(t.numel() * t.element_size() for t in tree_leaves((args, kwargs, out))
+                             if isinstance(t, Tensor))
+            return out
+
+    with Traffic():
+        fn()
+    return total
+
+
+def memory_rate(n: int = 2**26, reps: int = 10) -> float:
+    """This machine's memory bandwidth (bytes/s) at the current thread count: the best of ``reps`` copies of n float32
+    (256 MB read and 256 MB written), with vsmd's malloc setting in force as for the rows."""
+    a, b = torch.randn(n), torch.empty(n)
+    b.copy_(a)
+    best = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 4 * n / best
+
+
 def sampling_rates(row: Row, module, datamodule, batch) -> dict[str, float]:
     """Samples per second at NFE 10 and 20 with the "ei" sampler (one network call per step)."""
     out = {}
@@ -428,7 +481,7 @@ def sampling_rates(row: Row, module, datamodule, batch) -> dict[str, float]:
 
 
 def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: bool,
-            overrides: list[str] = (), profile: bool = False) -> dict[str, Any]:
+            overrides: list[str] = (), profile: bool = False, lightning: bool = True) -> dict[str, Any]:
     from vsmd.cli import VSMDCLI, VSMDArgumentParser
     from lightning.pytorch import LightningDataModule
     from vsmd.models.base import PhaseSpaceModule
@@ -455,11 +508,12 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
     med_v, med_f = statistics.median(vsmd[1:] or vsmd), statistics.median(floor[1:] or floor)
     whole_v, whole_f = sum(vsmd[1:] or vsmd), sum(floor[1:] or floor)
     flops = cb.floor.flops()
+    traffic = cb.floor.traffic()
     out = {"row": row.name, "config": row.config, "steps": steps + block, "block": block, "blocks": len(vsmd),
            "vsmd_ms_median": 1e3 * med_v / block, "floor_ms_median": 1e3 * med_f / block,
            "ratio_median": med_v / med_f, "vsmd_ms_whole": 1e3 * whole_v / (block * max(len(vsmd) - 1, 1)),
            "floor_ms_whole": 1e3 * whole_f / (block * max(len(floor) - 1, 1)), "ratio_whole": whole_v / whole_f,
-           "vsmd_blocks_s": vsmd, "floor_blocks_s": floor, "flops_per_step": flops,
+           "vsmd_blocks_s": vsmd, "floor_blocks_s": floor, "flops_per_step": flops, "bytes_per_step": traffic,
            "threads_in_fit": cb.threads, "sa_stages": int(getattr(cli.model.sa, "stages", 0) or 0) if getattr(cli.model, "sa", None) else 0,
            **cb.events, "floor_note": ("recorded network calls (no OT pairing, no bridge sampling)"
                                        if row.kind == "trajectory" else "re-stated perturbation and loss")}
@@ -471,8 +525,15 @@ def run_row(row: Row, steps: int, block: int, threads: int, scratch: Path, nfe: 
                     "ratio_pair_median": med_v / med_p, "ratio_pair_whole": whole_v / whole_p})
     if cb.profiles:
         out["profile"] = cb.profiles
+    if lightning:  # the floor's step under a bare Trainer, against the floor again (benchmarks/lightning_floor.py)
+        light, light_floor = lightning_floor.run(cb.floor, block, n_blocks, cli.trainer.gradient_clip_val, cb.threads)
+        med_l, med_lf = statistics.median(light[1:] or light), statistics.median(light_floor[1:] or light_floor)
+        out.update({"lightning_blocks_s": light, "lightning_floor_blocks_s": light_floor,
+                    "lightning_ms_median": 1e3 * med_l / block, "lightning_floor_ms_median": 1e3 * med_lf / block,
+                    "ratio_lightning": med_l / med_lf, "ratio_vsmd_lightning": (med_v / med_f) / (med_l / med_lf)})
     out["floor_gflops"] = flops / (out["floor_ms_median"] * 1e-3) / 1e9
     out["vsmd_gflops"] = flops / (out["vsmd_ms_median"] * 1e-3) / 1e9
+    out["floor_gbps"] = traffic / (out["floor_ms_median"] * 1e-3) / 1e9
     if nfe and row.nfe:
         batch = cb.floor.batches[0]
         out["sampling"] = sampling_rates(row, cli.model, cli.datamodule, batch)
@@ -496,7 +557,7 @@ def table(results: list[dict], meta: dict) -> str:
         f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s) "
         f"(torch.set_num_threads); malloc: {meta['malloc']}; "
         f"fp32 matmul rate {meta['matmul_gflops']:.1f} GFLOP/s "
-        f"(1024 x 1024, best of 10); total {meta['seconds']:.0f} s.  ",
+        f"(1024 x 1024, best of 10); CUDA check: {meta.get('nvml', 'as torch has it')}; total {meta['seconds']:.0f} s.  ",
         f"{meta['note']}",
         "",
         "vsmd and its floor alternate in blocks of steps in one process; median: the median block (steady state); "
@@ -518,6 +579,30 @@ def table(results: list[dict], meta: dict) -> str:
             f"{r['ratio_median']:.2f} | {r['ratio_whole']:.2f} | {r['sa_stages']} / {r['validation']} / "
             f"{r['checkpoint']} | {r['flops_per_step'] / 1e6:.1f} | {r['floor_gflops']:.2f} | {r['vsmd_gflops']:.2f} | "
             f"{s.get('nfe10', float('nan')):.0f} | {s.get('nfe20', float('nan')):.0f} |")
+    split = [r for r in results if "ratio_lightning" in r]
+    if split:
+        lines += ["", "Where the gap is: the floor's own step run by a bare Lightning Trainer (benchmarks/lightning_floor.py: "
+                  "automatic optimisation, the config's gradient clipping, no logger, callbacks or checkpoints), in "
+                  "blocks alternating with the floor after vsmd's fit, with the same threads. Lightning / floor is what "
+                  "Lightning's loop costs by itself; vsmd / Lightning floor is what vsmd adds on top of it "
+                  "(its data, loss code, callbacks, logging, checkpoints and events; medians, steady state).", "",
+                  "| row | floor ms/step | Lightning floor ms/step | Lightning / floor | vsmd ms/step "
+                  "| vsmd / Lightning floor | vsmd / floor |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['lightning_floor_ms_median']:.2f} | {r['lightning_ms_median']:.2f} | "
+                  f"{r['ratio_lightning']:.2f} | {r['vsmd_ms_median']:.2f} | {r['ratio_vsmd_lightning']:.2f} | "
+                  f"{r['ratio_median']:.2f} |" for r in split]
+    moved = [r for r in results if "bytes_per_step" in r]
+    if moved and "memory_gbps" in meta:
+        lines += ["", f"Memory traffic: the bytes one floor step reads and writes, counted op by op (the tensor inputs and "
+                  f"outputs of every aten op but views, nothing assumed to stay in a cache: the real traffic where the "
+                  f"activations outgrow the caches, as in the forecasting rows, an upper bound where they do not), over "
+                  f"the floor's median step, against this machine's copy rate measured in the same run "
+                  f"({meta['memory_gbps']:.1f} GB/s: 256 MB read and written). A step near the copy rate is "
+                  f"memory-bound: it costs what its traffic costs, whatever its FLOPs.", "",
+                  "| row | GB moved per step | floor GB/s | of the copy rate | FLOP per byte |", "|---|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['bytes_per_step'] / 1e9:.3f} | {r['floor_gbps']:.1f} | "
+                  f"{r['floor_gbps'] / meta['memory_gbps']:.2f} | {r['flops_per_step'] / r['bytes_per_step']:.2f} |"
+                  for r in moved]
     paired = [r for r in results if "floor_pair_ms_median" in r]
     if paired:
         lines += ["", "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
@@ -556,6 +641,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="", help="a line under the header (e.g. 'development run under contention')")
     ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("OPTION", "VALUE"),
                     help="an option for every row's vsmd fit, e.g. --set model.init_args.hidden 8 (repeatable)")
+    ap.add_argument("--no-lightning-floor", action="store_true",
+                    help="skip the floor's step under a bare Lightning Trainer (the 'where the gap is' table)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one more block of each side (torch.profiler): speed_profile_<row>.txt")
     ap.add_argument("--system-malloc", action="store_true",
@@ -572,6 +659,10 @@ def main(argv: list[str] | None = None) -> None:
 
     malloc = "system" if args.system_malloc else ("vsmd's (freed memory kept)" if keep_freed_memory()
                                                   else "system (vsmd's setting does not apply here)")
+    import lightning.pytorch  # noqa: F401  (sets PYTORCH_NVML_BASED_CUDA_CHECK, which vsmd then checks)
+    from vsmd.nvml import skip_missing_nvml
+
+    skipped = skip_missing_nvml()  # as vsmd fit does at start-up: both sides run without a dlopen per AdamW step
     start = time.perf_counter()
     results = []
     own = tempfile.TemporaryDirectory(prefix="vsmd-speed-") if args.scratch is None else None
@@ -579,7 +670,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"command": "python benchmarks/speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
             "torch": torch.__version__, "threads": args.threads, "note": args.note, "malloc": malloc,
-            "matmul_gflops": matmul_rate() / 1e9}
+            "matmul_gflops": matmul_rate() / 1e9, "memory_gbps": memory_rate() / 1e9,
+            "nvml": "NVML not loadable: the CUDA check skips it (vsmd/nvml.py)" if skipped else "as torch has it"}
     try:
         for name in args.rows:
             row = ROWS[name]
@@ -589,7 +681,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[speed] {name}: {steps} + {block} steps per side in blocks of {block} ...", flush=True)
             try:
                 r = run_row(row, steps, block, args.threads, scratch / name, not args.no_sampling,
-                            [x for k, v in args.set for x in (f"--{k.lstrip('-')}", v)], args.profile)
+                            [x for k, v in args.set for x in (f"--{k.lstrip('-')}", v)], args.profile,
+                            not args.no_lightning_floor)
             except Exception as err:  # one failing row does not lose the others
                 r = {"row": name, "error": f"{type(err).__name__}: {err}".replace("|", "/")[:300]}
             r["seconds"] = time.perf_counter() - t

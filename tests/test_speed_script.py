@@ -81,6 +81,24 @@ def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
     data = next(line for line in md.splitlines() if line.startswith("| spiral8y |"))
     assert header.count("|") == data.count("|") == 13
     assert "1 thread(s)" in md and "test run" in md and "--rows spiral8y" in md
+    assert len(row["lightning_blocks_s"]) == len(row["lightning_floor_blocks_s"]) == 3
+    assert row["ratio_lightning"] > 0 and row["ratio_vsmd_lightning"] > 0 and row["bytes_per_step"] > 0
+    assert report["meta"]["memory_gbps"] > 0
+    for table in ("| row | floor ms/step | Lightning floor ms/step |", "| row | GB moved per step |"):
+        assert table in md
+        head = next(line for line in md.splitlines() if line.startswith(table))
+        assert sum(line.startswith("| spiral8y |") and line.count("|") == head.count("|")
+                   for line in md.splitlines()) == 1
+
+
+def test_traffic_counts_the_inputs_and_outputs_of_each_op_but_views() -> None:
+    a, b = torch.ones(1000), torch.ones(1000)  # 4000 bytes each
+    assert speed.traffic_of(lambda: a + b) == 3 * 4000
+    assert speed.traffic_of(lambda: a.add_(b)) == 3 * 4000  # read a and b, write a
+    assert speed.traffic_of(lambda: (a.view(10, 100).t(), a[:500], a.reshape(-1))) == 0
+    assert speed.traffic_of(lambda: a.view(10, 100).t().contiguous()) == 2 * 4000
+    m = torch.ones(30, 40)
+    assert speed.traffic_of(lambda: m @ m.t()) == (2 * 1200 + 900) * 4
 
 
 def test_a_row_without_its_data_is_an_error_row_naming_the_option(tmp_path: Path) -> None:
