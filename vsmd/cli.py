@@ -11,6 +11,7 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch  # noqa: E402
 from lightning.pytorch import LightningDataModule  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.plugins import CheckpointIO  # noqa: E402
 
@@ -29,6 +30,7 @@ from vsmd.checkpointing import (  # noqa: E402
 from vsmd.legacy import check_legacy_config, upgrade_hparams  # noqa: E402
 from vsmd.models import PhaseSpaceModule  # noqa: E402
 from vsmd.nvml import skip_missing_nvml  # noqa: E402
+from vsmd.progress_bar import SteadyProgressBar  # noqa: E402
 from vsmd.runs import (  # noqa: E402
     RESERVED,
     RESUMED_FROM,
@@ -121,7 +123,13 @@ class VSMDCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, [*callbacks, FinalCheckpoint(), RunGuard()])
+        extra = [FinalCheckpoint(), RunGuard()]
+        given = config.get("callbacks")
+        given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar)
+                                                                      for c in [*given, *callbacks]):
+            extra.append(SteadyProgressBar())  # redrawn ten times a second, not at every step (vsmd/progress_bar.py)
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def instantiate_classes(self) -> None:
         try:
