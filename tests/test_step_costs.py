@@ -167,6 +167,47 @@ def test_update_ema_follows_parameters_replaced_between_updates() -> None:
     assert int(ours.n_averaged) == 6
 
 
+@pytest.mark.parametrize("change", ["new submodule", "untied weights"])
+def test_update_ema_follows_a_replaced_submodule_and_untied_weights(change) -> None:
+    """The cached tensors are found again when a submodule is replaced, or when a tensor that two modules shared is
+    given to one of them anew (the one it was found through still holds the old one)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    if change == "untied weights":
+        net[1].weight = net[0].weight
+    ours, theirs = ema_lib.make_ema(net, 0.5), ema_lib.make_ema(net, 0.5)
+    for step in range(4):
+        if step == 2 and change == "new submodule":
+            net[1] = torch.nn.Linear(3, 3)
+        if step == 2 and change == "untied weights":
+            net[1].weight = torch.nn.Parameter(net[0].weight.detach() + 3.0)
+        if step >= 2 and change == "untied weights":  # the network has one tensor more than its copies now:
+            with pytest.raises(RuntimeError):  # AveragedModel fails on that, and so does update_ema, rather than
+                theirs.update_parameters(net)  # average the three tensors it found before
+            with pytest.raises(RuntimeError):
+                ema_lib.update_ema([(net, ours)])
+            continue
+        ema_lib.update_ema([(net, ours)])
+        theirs.update_parameters(net)
+        assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.state_dict().items()), step
+
+
+def test_the_ema_cache_keeps_no_network_alive() -> None:
+    import gc
+    import weakref
+
+    from vsmd.models.nets import TimeGradNet
+
+    net = TimeGradNet(4, 2, [1, 2], 3, hidden=8, cond_dim=8, residual_layers=2)  # a buffer on the module itself
+    ema = ema_lib.make_ema(net, 0.9)
+    ema_lib.update_ema([(net, ema)])
+    ema_lib.update_ema([(net, ema)])
+    refs = [weakref.ref(net), weakref.ref(ema), weakref.ref(ema.module)]
+    del net, ema
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Training values are logged only at the steps the logger writes: the same values at the same steps.
 def _logged(tmp_path, every_step: bool, log_every: int, steps: int = 10) -> list[tuple[int, str]]:

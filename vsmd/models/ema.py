@@ -52,32 +52,38 @@ def update_ema(pairs: Iterable[tuple[nn.Module | None, AveragedModel | None]]) -
 
 
 class _Tensors:
-    """The parameters and buffers of a module, in ``parameters()`` / ``buffers()`` order, found once: each is kept
-    with the module that holds it and its name there, so a later call checks that every one is still in place (one
-    dict look-up per tensor) instead of walking the module tree again."""
+    """The parameters and buffers of a module, in ``parameters()`` / ``buffers()`` order, found once. Every link
+    that led to them is kept: each submodule with its parent and name, each tensor with every module that holds it
+    and its name there (a tensor shared by two modules has two). A later call checks that every link still holds,
+    one dict look-up each, instead of walking the module tree again. The module itself is not kept (its own tensors
+    and children say ``None`` for it), so the cache does not keep it alive."""
 
     def __init__(self, module: nn.Module) -> None:
-        self.params = [(module.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], p)
-                       for n, p in module.named_parameters()]
-        self.buffers = [(module.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2], b)
-                        for n, b in module.named_buffers()]
-        self.param_list = [p for _, _, p in self.params]
-        self.buffer_list = [b for _, _, b in self.buffers]
+        own = lambda m: None if m is module else m  # noqa: E731
+        self.links = [(own(parent), name, child) for parent in module.modules(remove_duplicate=False)
+                      for name, child in parent._modules.items() if child is not None]
+        self.slots = [(own(m), "_parameters", n, p) for m in module.modules(remove_duplicate=False)
+                      for n, p in m._parameters.items() if p is not None]
+        self.slots += [(own(m), "_buffers", n, b) for m in module.modules(remove_duplicate=False)
+                       for n, b in m._buffers.items() if b is not None]
+        self.param_list = list(module.parameters())
+        self.buffer_list = list(module.buffers())
 
-    def current(self) -> bool:
-        return all(m._parameters.get(n) is p for m, n, p in self.params) \
-            and all(m._buffers.get(n) is b for m, n, b in self.buffers)
+    def current(self, module: nn.Module) -> bool:
+        return all((parent or module)._modules.get(name) is child for parent, name, child in self.links) \
+            and all(getattr(owner or module, kind).get(name) is t for owner, kind, name, t in self.slots)
 
 
 _found: weakref.WeakKeyDictionary[nn.Module, _Tensors] = weakref.WeakKeyDictionary()
 
 
 def _tensors(module: nn.Module) -> _Tensors:
-    """``module``'s parameters and buffers, found again where one of them was replaced since (e.g. by
-    ``load_state_dict(..., assign=True)`` or a move to a device that makes new tensors). The networks vsmd averages
-    keep their structure once built: a parameter registered after the first update would not be seen."""
+    """``module``'s parameters and buffers, found again where a submodule or a tensor was replaced since (e.g. by
+    ``load_state_dict(..., assign=True)``, a move to a device that makes new tensors, or weights untied). The
+    networks vsmd averages keep their structure once built: a module or tensor registered where there was none
+    before would not be seen."""
     found = _found.get(module)
-    if found is None or not found.current():
+    if found is None or not found.current(module):
         found = _found[module] = _Tensors(module)
     return found
 
