@@ -30,7 +30,7 @@ from vsmd.checkpointing import (  # noqa: E402
 from vsmd.legacy import check_legacy_config, upgrade_hparams  # noqa: E402
 from vsmd.models import PhaseSpaceModule  # noqa: E402
 from vsmd.nvml import skip_missing_nvml  # noqa: E402
-from vsmd.progress_bar import SteadyProgressBar  # noqa: E402
+from vsmd.progress_bar import RICH, SteadyProgressBar  # noqa: E402
 from vsmd.runs import (  # noqa: E402
     RESERVED,
     RESUMED_FROM,
@@ -126,8 +126,8 @@ class VSMDCLI(LightningCLI):
         extra = [FinalCheckpoint(), RunGuard()]
         given = config.get("callbacks")
         given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar)
-                                                                      for c in [*given, *callbacks]):
+        if config.get("enable_progress_bar") is not False and not config.get("barebones") and not RICH \
+                and not any(isinstance(c, ProgressBar) for c in [*given, *callbacks]):
             extra.append(SteadyProgressBar())  # redrawn ten times a second, not at every step (vsmd/progress_bar.py)
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
