@@ -52,7 +52,11 @@ def test_the_check_skips_nvml_only_where_it_cannot_be_loaded(mode):
 
 
 def test_nothing_changes_where_nvml_loads_or_the_check_was_not_asked_for(monkeypatch):
+    import torch
+
     monkeypatch.setattr(nvml.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setenv(nvml.VARIABLE, "1")
     monkeypatch.setattr(nvml, "nvml_loadable", lambda: True)
     assert not nvml.skip_missing_nvml() and os.environ[nvml.VARIABLE] == "1"
@@ -66,3 +70,15 @@ def test_nothing_changes_where_nvml_loads_or_the_check_was_not_asked_for(monkeyp
 def test_a_missing_library_is_reported_as_not_loadable(monkeypatch):
     monkeypatch.setattr(nvml, "NVML", "libvsmd-no-such-library.so.0")
     assert not nvml.nvml_loadable()
+
+
+@pytest.mark.parametrize("build", ["rocm", "cpu"])
+def test_a_rocm_or_cpu_only_torch_is_left_as_it_is(monkeypatch, build):
+    import torch
+
+    monkeypatch.setattr(nvml.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(nvml, "nvml_loadable", lambda: False)
+    monkeypatch.setenv(nvml.VARIABLE, "1")
+    monkeypatch.setattr(torch.version, "cuda", None if build == "cpu" else "13.0")
+    monkeypatch.setattr(torch.version, "hip", "6.4" if build == "rocm" else None)
+    assert not nvml.skip_missing_nvml() and os.environ[nvml.VARIABLE] == "1"

@@ -33,9 +33,13 @@ def nvml_loadable() -> bool:
 
 
 def skip_missing_nvml() -> bool:
-    """Where NVML-based checks are asked for (``PYTORCH_NVML_BASED_CUDA_CHECK=1``, as Lightning sets it) on Linux
-    and NVML cannot be loaded, set the variable to ``0``; returns whether it did."""
-    if os.environ.get(VARIABLE) != "1" or platform.system() != "Linux" or nvml_loadable():
+    """Where NVML-based checks are asked for (``PYTORCH_NVML_BASED_CUDA_CHECK=1``, as Lightning sets it), torch is
+    built for CUDA (not ROCm, whose device count never uses NVML, and not a CPU-only build, which never asks), the
+    system is Linux and NVML cannot be loaded, set the variable to ``0``; returns whether it did."""
+    import torch
+
+    if os.environ.get(VARIABLE) != "1" or platform.system() != "Linux" or torch.version.cuda is None \
+            or torch.version.hip is not None or nvml_loadable():
         return False
     os.environ[VARIABLE] = "0"
     return True
