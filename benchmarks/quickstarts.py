@@ -6,7 +6,7 @@ without shortening any fit: the configs' own step counts. The ``pip install`` an
 out (the install is done; the suite has its own time in the README). torch uses its default threads (every CPU), as
 a user's run does. Writes ``quickstarts.md`` and ``quickstarts.json`` into ``--out``.
 
-    python benchmarks/quickstarts.py                          # every page (about 15 minutes on 2 CPU cores)
+    python benchmarks/quickstarts.py                          # every page (about 8 minutes on 2 CPU cores)
     python benchmarks/quickstarts.py --pages README.md docs/tasks/images.md --out /tmp/q
 """
 

@@ -421,22 +421,33 @@ def matmul_rate(n: int = 1024, reps: int = 10) -> float:
 
 
 def traffic_of(fn) -> int:
-    """The bytes ``fn()`` reads and writes, counted op by op: the tensor inputs and outputs of every aten op that is
-    not a view (an in-place op counts its output too). Nothing is assumed to stay in a cache, so this is the memory
-    traffic where the tensors are larger than the caches (the forecasting rows), and an upper bound where they are
-    not (the toys)."""
+    """The bytes ``fn()`` reads and writes, counted op by op: every tensor argument of an aten op is read once, and
+    written once more where the op writes into it (in-place ops, ``out=``, the ``_foreach_*_`` ops, ``copy_``,
+    whose destination is then counted as read too); every new tensor an op returns is written once. Views move
+    nothing. Nothing is assumed to stay in a cache, so this is the memory traffic where the tensors are larger than
+    the caches (the forecasting rows), and an upper bound where they are not (the toys)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
+
+    def nbytes(value) -> int:
+        return sum(t.numel() * t.element_size() for t in tree_leaves(value) if isinstance(t, Tensor))
 
     total = 0
 
     class Traffic(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             nonlocal total
-            out = func(*args, **(kwargs or {}))
-            if not any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns):
-                total += sum(t.numel() * t.element_size() for t in tree_leaves((args, kwargs, out))
-                             if isinstance(t, Tensor))
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            schema = func._schema
+            if any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns):
+                return out  # a view
+            for i, arg in enumerate(schema.arguments):
+                value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
+                written = arg.alias_info is not None and arg.alias_info.is_write
+                total += nbytes(value) * (2 if written else 1)
+            outs = out if isinstance(out, (tuple, list)) and len(schema.returns) > 1 else (out,)
+            total += sum(nbytes(v) for r, v in zip(schema.returns, outs) if r.alias_info is None)
             return out
 
     with Traffic():
@@ -549,6 +560,12 @@ def config_max_steps(config: str) -> int | None:
     return int(steps) if steps and int(steps) > 0 else None
 
 
+def _section(intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of one more table of speed.md: a paragraph, then the table."""
+    return ["", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def table(results: list[dict], meta: dict) -> str:
     lines = [
         "# Training step: vsmd against a bare PyTorch loop of the same work (issue 26)",
@@ -581,41 +598,46 @@ def table(results: list[dict], meta: dict) -> str:
             f"{s.get('nfe10', float('nan')):.0f} | {s.get('nfe20', float('nan')):.0f} |")
     split = [r for r in results if "ratio_lightning" in r]
     if split:
-        lines += ["", "Where the gap is: the floor's own step run by a bare Lightning Trainer (benchmarks/lightning_floor.py: "
-                  "automatic optimisation, the config's gradient clipping, no logger, callbacks or checkpoints), in "
-                  "blocks alternating with the floor after vsmd's fit, with the same threads. Lightning / floor is what "
-                  "Lightning's loop costs by itself; vsmd / Lightning floor is what vsmd adds on top of it "
-                  "(its data, loss code, callbacks, logging, checkpoints and events; medians, steady state).", "",
-                  "| row | floor ms/step | Lightning floor ms/step | Lightning / floor | vsmd ms/step "
-                  "| vsmd / Lightning floor | vsmd / floor |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['row']} | {r['lightning_floor_ms_median']:.2f} | {r['lightning_ms_median']:.2f} | "
-                  f"{r['ratio_lightning']:.2f} | {r['vsmd_ms_median']:.2f} | {r['ratio_vsmd_lightning']:.2f} | "
-                  f"{r['ratio_median']:.2f} |" for r in split]
+        lines += _section(
+            "Where the gap is: the floor's own step run by a bare Lightning Trainer (benchmarks/lightning_floor.py: "
+            "automatic optimisation, the config's gradient clipping, no logger, callbacks or checkpoints), in "
+            "blocks alternating with the floor after vsmd's fit, with the same threads. Lightning / floor is what "
+            "Lightning's loop costs by itself; vsmd / Lightning floor, the ratio of the two ratios (vsmd / floor "
+            "in vsmd's blocks over Lightning / floor in these), is what vsmd adds on top of it (its data, loss code, "
+            "callbacks, logging, checkpoints and events; medians, steady state). Each ratio comes from its own "
+            "alternating blocks: the floor's time can drift between the two phases (the big rows), the ratios "
+            "less.",
+            ["row", "floor ms/step (beside the Lightning floor)", "Lightning floor ms/step", "Lightning / floor",
+             "vsmd ms/step (beside its floor)", "vsmd / Lightning floor", "vsmd / floor"],
+            [[r["row"], f"{r['lightning_floor_ms_median']:.2f}", f"{r['lightning_ms_median']:.2f}",
+              f"{r['ratio_lightning']:.2f}", f"{r['vsmd_ms_median']:.2f}", f"{r['ratio_vsmd_lightning']:.2f}",
+              f"{r['ratio_median']:.2f}"] for r in split])
     moved = [r for r in results if "bytes_per_step" in r]
     if moved and "memory_gbps" in meta:
-        lines += ["", f"Memory traffic: the bytes one floor step reads and writes, counted op by op (the tensor inputs and "
-                  f"outputs of every aten op but views, nothing assumed to stay in a cache: the real traffic where the "
-                  f"activations outgrow the caches, as in the forecasting rows, an upper bound where they do not), over "
-                  f"the floor's median step, against this machine's copy rate measured in the same run "
-                  f"({meta['memory_gbps']:.1f} GB/s: 256 MB read and written). A step near the copy rate is "
-                  f"memory-bound: it costs what its traffic costs, whatever its FLOPs.", "",
-                  "| row | GB moved per step | floor GB/s | of the copy rate | FLOP per byte |", "|---|---|---|---|---|"]
-        lines += [f"| {r['row']} | {r['bytes_per_step'] / 1e9:.3f} | {r['floor_gbps']:.1f} | "
-                  f"{r['floor_gbps'] / meta['memory_gbps']:.2f} | {r['flops_per_step'] / r['bytes_per_step']:.2f} |"
-                  for r in moved]
+        lines += _section(
+            "Memory traffic: the bytes one floor step reads and writes, counted op by op (the tensor inputs and "
+            "outputs of every aten op but views, nothing assumed to stay in a cache: the real traffic where the "
+            "activations outgrow the caches, as in the forecasting rows, an upper bound where they do not), over "
+            "the floor's median step, against this machine's copy rate measured in the same run "
+            f"({meta['memory_gbps']:.1f} GB/s: 256 MB read and written). A step near the copy rate is "
+            "memory-bound: it costs what its traffic costs, whatever its FLOPs.",
+            ["row", "GB moved per step", "floor GB/s", "of the copy rate", "FLOP per byte"],
+            [[r["row"], f"{r['bytes_per_step'] / 1e9:.3f}", f"{r['floor_gbps']:.1f}",
+              f"{r['floor_gbps'] / meta['memory_gbps']:.2f}", f"{r['flops_per_step'] / r['bytes_per_step']:.2f}"]
+             for r in moved])
     paired = [r for r in results if "floor_pair_ms_median" in r]
     if paired:
-        lines += ["", "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
-                  "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks. "
-                  "vsmd pairs in its DataLoader: in its worker processes (in parallel with the step) if it has some, "
-                  "by default one, on a CPU of its own: where torch holds every CPU, the fit gives one of its threads to "
-                  "the worker (both sides then run with the threads in the last column).", "",
-                  "| row | vsmd ms/step (median) | floor ms/step (median) | floor + pairing ms/step (median) "
-                  "| ratio to floor + pairing, median | whole | vsmd's loader workers | torch threads in the fit |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['row']} | {r['vsmd_ms_median']:.2f} | {r['floor_ms_median']:.2f} | "
-                  f"{r['floor_pair_ms_median']:.2f} | {r['ratio_pair_median']:.2f} | {r['ratio_pair_whole']:.2f} | "
-                  f"{r['loader_workers']} | {r.get('threads_in_fit', '')} |" for r in paired]
+        lines += _section(
+            "Trajectory rows against a floor that also pairs: the recorded network calls plus, every step, the "
+            "minibatch OT chain of a fresh batch done with POT in the loop (ot.dist, ot.emd), in its own blocks. "
+            "vsmd pairs in its DataLoader: in its worker processes (in parallel with the step) if it has some, "
+            "by default one, on a CPU of its own: where torch holds every CPU, the fit gives one of its threads to "
+            "the worker (both sides then run with the threads in the last column).",
+            ["row", "vsmd ms/step (median)", "floor ms/step (median)", "floor + pairing ms/step (median)",
+             "ratio to floor + pairing, median", "whole", "vsmd's loader workers", "torch threads in the fit"],
+            [[r["row"], f"{r['vsmd_ms_median']:.2f}", f"{r['floor_ms_median']:.2f}", f"{r['floor_pair_ms_median']:.2f}",
+              f"{r['ratio_pair_median']:.2f}", f"{r['ratio_pair_whole']:.2f}", str(r["loader_workers"]),
+              str(r.get("threads_in_fit", ""))] for r in paired])
     fits = [r for r in results if r.get("config_max_steps")]
     if fits:
         lines += ["", "A fit of each config at this run's speed (estimated: the config's trainer.max_steps times vsmd's "

@@ -84,7 +84,8 @@ def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
     assert len(row["lightning_blocks_s"]) == len(row["lightning_floor_blocks_s"]) == 3
     assert row["ratio_lightning"] > 0 and row["ratio_vsmd_lightning"] > 0 and row["bytes_per_step"] > 0
     assert report["meta"]["memory_gbps"] > 0
-    for table in ("| row | floor ms/step | Lightning floor ms/step |", "| row | GB moved per step |"):
+    for table in ("| row | floor ms/step (beside the Lightning floor) | Lightning floor ms/step |",
+                  "| row | GB moved per step |"):
         assert table in md
         head = next(line for line in md.splitlines() if line.startswith(table))
         assert sum(line.startswith("| spiral8y |") and line.count("|") == head.count("|")
@@ -92,13 +93,26 @@ def test_one_tiny_row_end_to_end(tmp_path: Path) -> None:
 
 
 def test_traffic_counts_the_inputs_and_outputs_of_each_op_but_views() -> None:
-    a, b = torch.ones(1000), torch.ones(1000)  # 4000 bytes each
+    a, b, c = torch.ones(1000), torch.ones(1000), torch.ones(1000)  # 4000 bytes each
     assert speed.traffic_of(lambda: a + b) == 3 * 4000
     assert speed.traffic_of(lambda: a.add_(b)) == 3 * 4000  # read a and b, write a
+    assert speed.traffic_of(lambda: torch._foreach_add_([a], [b])) == 3 * 4000  # the same, through foreach
+    assert speed.traffic_of(lambda: torch.add(a, b, out=c)) == 4 * 4000  # the destination read and written
+    assert speed.traffic_of(lambda: c.copy_(a)) == 3 * 4000
     assert speed.traffic_of(lambda: (a.view(10, 100).t(), a[:500], a.reshape(-1))) == 0
     assert speed.traffic_of(lambda: a.view(10, 100).t().contiguous()) == 2 * 4000
     m = torch.ones(30, 40)
     assert speed.traffic_of(lambda: m @ m.t()) == (2 * 1200 + 900) * 4
+    x = torch.ones(6, 4)
+    assert speed.traffic_of(lambda: x.max(dim=1)) == (6 * 4 + 6) * 4 + 6 * 8  # two new outputs
+    counted = {}
+    for foreach in (True, False):  # the same AdamW work, one op per tensor or one per list: the same traffic
+        opt = torch.optim.AdamW([torch.ones(1000), torch.ones(2000)], foreach=foreach)
+        for p in opt.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        opt.step()  # the state exists: the counted step does the steady work
+        counted[foreach] = speed.traffic_of(opt.step)
+    assert counted[True] > 12 * 3000 * 4 and counted[True] == pytest.approx(counted[False], rel=0.01)
 
 
 def test_a_row_without_its_data_is_an_error_row_naming_the_option(tmp_path: Path) -> None:
