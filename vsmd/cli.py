@@ -115,19 +115,21 @@ class VSMDArgumentParser(LightningArgumentParser):
         return super().error("\n".join(lines), ex)
 
 
+def _listed(value) -> list:
+    """A Trainer option that takes one item or several (plugins, callbacks) as a list: [] for None."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class VSMDCLI(LightningCLI):
     def _instantiate_trainer(self, config, callbacks):
         # Atomic checkpoint writes and a last.ckpt at the final step, unless the user brought their own CheckpointIO.
-        plugins = config.get("plugins")
-        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        plugins = _listed(config.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         extra = [FinalCheckpoint(), RunGuard()]
-        given = config.get("callbacks")
-        given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
         if config.get("enable_progress_bar") is not False and not config.get("barebones") and not RICH \
-                and not any(isinstance(c, ProgressBar) for c in [*given, *callbacks]):
+                and not any(isinstance(c, ProgressBar) for c in [*_listed(config.get("callbacks")), *callbacks]):
             extra.append(SteadyProgressBar())  # redrawn ten times a second, not at every step (vsmd/progress_bar.py)
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
