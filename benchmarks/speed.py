@@ -411,13 +411,18 @@ def _raw_snapshot_batches(dm, n: int, seed: int = 12345) -> list[list[Tensor]]:
 def matmul_rate(n: int = 1024, reps: int = 10) -> float:
     """This machine's fp32 matmul rate (FLOP/s) at the current thread count: the best of ``reps`` n x n products."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    return 2 * n**3 / _best_seconds(lambda: a @ b, reps)
+
+
+def _best_seconds(fn, reps: int) -> float:
+    """The shortest of ``reps`` timed calls of ``fn``, after one untimed call."""
+    fn()
     best = math.inf
     for _ in range(reps):
         start = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return best
 
 
 def traffic_of(fn) -> int:
@@ -459,13 +464,7 @@ def memory_rate(n: int = 2**26, reps: int = 10) -> float:
     """This machine's memory bandwidth (bytes/s) at the current thread count: the best of ``reps`` copies of n float32
     (256 MB read and 256 MB written), with vsmd's malloc setting in force as for the rows."""
     a, b = torch.randn(n), torch.empty(n)
-    b.copy_(a)
-    best = math.inf
-    for _ in range(reps):
-        start = time.perf_counter()
-        b.copy_(a)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 4 * n / best
+    return 2 * 4 * n / _best_seconds(lambda: b.copy_(a), reps)
 
 
 def sampling_rates(row: Row, module, datamodule, batch) -> dict[str, float]:
